@@ -37,9 +37,25 @@ class StreamConfig:
 
 
 @dataclass
+class CopyPasteConfig:
+    """The synthetic copy-paste task (MODEL.md section 8): BOS, N random bytes, N filler, SEP, the N bytes."""
+
+    min_n: int = 10
+    "Smallest N (bytes to copy) drawn in training."
+    max_n: int = 1024
+    "Largest N drawn in training (lookback is up to 2N)."
+    seed: int = 0
+    "Seed of the sample generator (combined with rank, worker and sample index)."
+
+
+@dataclass
 class DataConfig:
     """Where training and validation samples come from and how they are batched."""
 
+    task: Literal["bytes", "copy_paste"] = "bytes"
+    "bytes: MDS shards of text (streams); copy_paste: generated copy-paste samples."
+    copy_paste: CopyPasteConfig = field(default_factory=CopyPasteConfig)
+    "Settings of the copy_paste task."
     streams: list[StreamConfig] = field(default_factory=list)
     "Training streams, mixed by proportion."
     val_streams: list[StreamConfig] = field(default_factory=list)
@@ -267,6 +283,15 @@ def validate_config(cfg: Config, world_size: int | None = None) -> None:
             f"data.sample_bytes={d.sample_bytes}: sample_bytes - 1 must be divisible by "
             f"train.tbptt_chunks={t.tbptt_chunks}",
         )
+    cp = d.copy_paste
+    need(1 <= cp.min_n <= cp.max_n, f"data.copy_paste: need 1 <= min_n <= max_n, got {cp.min_n}, {cp.max_n}")
+    if d.task == "copy_paste":
+        need(
+            3 * cp.max_n + 2 <= d.sample_bytes,
+            f"data.sample_bytes={d.sample_bytes}: copy_paste needs >= 3 x max_n + 2 = {3 * cp.max_n + 2}",
+        )
+    elif d.task == "bytes":
+        need(bool(d.streams), "data.streams: at least one training stream is needed for task 'bytes'")
     need(d.num_workers >= 0, f"data.num_workers={d.num_workers}: must be >= 0")
     need(d.prefetch_factor >= 1, f"data.prefetch_factor={d.prefetch_factor}: must be >= 1")
     for name, streams in (("streams", d.streams), ("val_streams", d.val_streams)):
@@ -323,3 +348,28 @@ def validate_config(cfg: Config, world_size: int | None = None) -> None:
     need(ds.timeout_minutes >= 1, f"deepspeed.timeout_minutes={ds.timeout_minutes}: must be >= 1")
     if errs:
         raise ConfigError("; ".join(errs))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pmnet.config [--help-config] [CONFIG] [a.b=value ...]``: print the resolved YAML."""
+    import sys
+
+    from pmnet.configtree import format_help
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--help-config" in args or "-h" in args or "--help" in args:
+        print("Config fields (section.key (type, default): doc). Override any with section.key=value.")
+        print(format_help(Config))
+        return 0
+    path = args.pop(0) if args and "=" not in args[0] else None
+    try:
+        cfg = load_config(path, args)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(dump_config(cfg), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
