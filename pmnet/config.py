@@ -313,7 +313,10 @@ def validate_config(cfg: Config, world_size: int | None = None) -> None:
         )
     need(t.grad_clip >= 0, f"train.grad_clip={t.grad_clip}: must be >= 0 (0 disables clipping)")
     need(t.max_consecutive_skips >= 1, f"train.max_consecutive_skips={t.max_consecutive_skips}: must be >= 1")
-    need(bool(t.run_name) and "/" not in t.run_name, f"train.run_name={t.run_name!r}: must be a non-empty name without '/'")
+    need(
+        bool(t.run_name) and "/" not in t.run_name,
+        f"train.run_name={t.run_name!r}: must be a non-empty name without '/'",
+    )
     need(o.lr > 0, f"optim.lr={o.lr}: must be > 0")
     need(0.0 <= o.min_lr_ratio <= 1.0, f"optim.min_lr_ratio={o.min_lr_ratio}: must be in [0, 1]")
     need(
@@ -323,10 +326,6 @@ def validate_config(cfg: Config, world_size: int | None = None) -> None:
     need(o.eps > 0, f"optim.eps={o.eps}: must be > 0")
     need(o.weight_decay >= 0, f"optim.weight_decay={o.weight_decay}: must be >= 0")
     need(o.warmup_steps >= 0, f"optim.warmup_steps={o.warmup_steps}: must be >= 0")
-    need(
-        o.warmup_steps <= t.max_steps,
-        f"optim.warmup_steps={o.warmup_steps}: must not exceed train.max_steps={t.max_steps}",
-    )
     need(0.0 < o.decay_fraction <= 1.0, f"optim.decay_fraction={o.decay_fraction}: must be in (0, 1]")
     need(c.interval >= 0, f"checkpoint.interval={c.interval}: must be >= 0 (0 = only at the end)")
     need(c.keep_last >= 1, f"checkpoint.keep_last={c.keep_last}: must be >= 1")
@@ -334,7 +333,10 @@ def validate_config(cfg: Config, world_size: int | None = None) -> None:
     lg = cfg.logging
     need(lg.log_interval >= 1, f"logging.log_interval={lg.log_interval}: must be >= 1")
     need(lg.console_interval >= 1, f"logging.console_interval={lg.console_interval}: must be >= 1")
-    need(lg.memory_diagnostics_interval >= 0, f"logging.memory_diagnostics_interval={lg.memory_diagnostics_interval}: must be >= 0")
+    need(
+        lg.memory_diagnostics_interval >= 0,
+        f"logging.memory_diagnostics_interval={lg.memory_diagnostics_interval}: must be >= 0",
+    )
     if lg.peak_tflops is not None:
         need(lg.peak_tflops > 0, f"logging.peak_tflops={lg.peak_tflops}: must be > 0")
     need(cfg.eval.interval >= 0, f"eval.interval={cfg.eval.interval}: must be >= 0")

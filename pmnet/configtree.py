@@ -82,8 +82,10 @@ def coerce(value: Any, tp: Any, path: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if isinstance(value, _CliValue):
-        # Optional[str] must not turn "null" into the string "null".
-        inner = [a for a in args if a is not type(None)] if origin in (typing.Union, types.UnionType) else [tp]
+        is_union = origin in (typing.Union, types.UnionType)
+        if is_union and type(None) in args and value.strip().lower() in ("null", "none", "~"):
+            return None
+        inner = [a for a in args if a is not type(None)] if is_union else [tp]
         value = _parse_cli(value, inner[0] if len(inner) == 1 else tp)
 
     if origin in (typing.Union, types.UnionType):
@@ -115,7 +117,9 @@ def coerce(value: Any, tp: Any, path: str) -> Any:
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
-            raise ConfigError(f"config key '{path}': expected a mapping of {tp.__name__} fields, got {_describe(value)}")
+            raise ConfigError(
+                f"config key '{path}': expected a mapping of {tp.__name__} fields, got {_describe(value)}"
+            )
         return from_dict(tp, value, path)
     if tp is Any:
         return value

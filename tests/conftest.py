@@ -47,4 +47,6 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-os.environ.setdefault("DS_ACCELERATOR", "cpu") if not _has_cuda() else None
+if not _has_cuda():
+    # DeepSpeed would probe for accelerators in every process otherwise.
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
