@@ -1,0 +1,103 @@
+"""Shard text corpora into byte-level MDS samples for PMNet training (a thin CLI).
+
+    python tools/shard_dataset.py --input ../shared/data/web --output data/shards --workers 2
+
+Reads FineWeb-Edu parquet, jsonl / jsonl.gz / jsonl.zst (``text`` field) and plain text files
+(.txt, .txt.gz: one document per file); writes OUT/train, OUT/val (mosaicml-streaming MDS,
+zstd, hashed) and OUT/manifest.json. Rerun the same command after a crash or Ctrl-C to resume.
+All the work is in ``data_pipeline`` (sharding.py, writer.py, sources.py, packing.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
+
+from data_pipeline.errors import DataPipelineError
+from data_pipeline.manifest import ShardSettings
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # One line, exit 2, like every other refusal of this tool.
+        print(f"shard_dataset: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _size(text: str) -> int:
+    from streaming.base.util import bytes_to_int
+
+    try:
+        return int(bytes_to_int(text))
+    except (ValueError, TypeError):
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 64mb)") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface (also used by the tests)."""
+    d = ShardSettings()
+    p = _Parser(prog="shard_dataset.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--input", nargs="+", required=True, metavar="PATH", help="files, directories or globs")
+    p.add_argument("--output", required=True, metavar="DIR", help="output directory (train/, val/, manifest.json)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes, parallel over inputs (default 1)")
+    p.add_argument("--sample-bytes", type=int, default=d.sample_bytes, help="bytes per sample = seq_len + 1")
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction, help="share of documents sent to val")
+    p.add_argument("--min-int-score", type=int, default=None, help="drop parquet/jsonl rows with int_score below")
+    p.add_argument("--min-chars", type=int, default=0, help="drop documents shorter than this many characters")
+    p.add_argument("--language", default=None, help="keep only this language where a record states one")
+    tail = p.add_mutually_exclusive_group()
+    tail.add_argument("--keep-tail", dest="keep_tail", action="store_true", default=True, help="keep (default)")
+    tail.add_argument("--drop-tail", dest="keep_tail", action="store_false", help="drop each stream's short tail")
+    p.add_argument("--shard-size", type=_size, default=d.shard_size_limit, help="uncompressed shard size limit")
+    p.add_argument(
+        "--text-unit-bytes",
+        type=_size,
+        default=d.text_unit_bytes,
+        help="plain-text files are grouped into work units of about this size",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an output written with other settings")
+    p.add_argument("--verify", action="store_true", help="re-hash every shard against index.json at the end")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse, run, and turn every user-facing problem into one line on stderr (exit 2)."""
+    args = build_parser().parse_args(argv)
+    from data_pipeline.sharding import ShardJob, run_sharding
+
+    settings = ShardSettings(
+        sample_bytes=args.sample_bytes,
+        val_fraction=args.val_fraction,
+        keep_tail=args.keep_tail,
+        min_int_score=args.min_int_score,
+        min_chars=args.min_chars,
+        language=args.language,
+        shard_size_limit=args.shard_size,
+        text_unit_bytes=args.text_unit_bytes,
+    )
+    job = ShardJob(
+        inputs=args.input,
+        output=args.output,
+        settings=settings,
+        workers=args.workers,
+        overwrite=args.overwrite,
+        verify=args.verify,
+        progress=args.progress,
+    )
+    try:
+        run_sharding(job)
+    except DataPipelineError as err:
+        print(f"shard_dataset: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("shard_dataset: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
