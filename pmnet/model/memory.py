@@ -1,0 +1,123 @@
+"""Phasor memory modules: the write (one per level) and the read (every layer).
+
+The modules own the parameters (their names are the interchange keys of MODEL.md
+section 7); the arithmetic lives in ``phasor_fast.py`` and, as the slow oracle, in
+``reference.py``; ``cfg.memory_impl`` picks one.
+
+Per byte position t the forward carries a group id g_t (level-k group, [B, T] int64)
+and a phase tensor Phi_t ([B, T, N, M] fp32). A layer of level k sees the angles
+``phi = Phi + E_k[g]`` (anchors of the byte's current group).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pmnet.model.config import PMNetConfig
+from pmnet.model.layers import RMSNorm
+from pmnet.model.phasor_fast import read_fast, write_fast
+from pmnet.model.reference import read_reference, write_reference
+
+
+@dataclass
+class WriteResult:
+    """What one memory write produces (shapes for level k, G = N**k)."""
+
+    phi_increment: Tensor
+    "S [B, T, N, M] fp32 in [0, 2 pi): added to Phi."
+    child_group: Tensor
+    "[B, T] int64: N * g + argmax_n s_n, the group used from level k+1 on."
+    group_state: Tensor
+    "[B, G, N, M] fp32: S at each group's last position (the carried state)."
+    probs: Tensor
+    "[B, T, N] detached write softmax s (diagnostics)."
+    delta: Tensor
+    "[B, T, N, M] detached increments s_n * theta (diagnostics)."
+
+
+def anchor_angles(anchors: Tensor | None, group: Tensor, shape: tuple[int, int, int, int]) -> Tensor | None:
+    """E_k[g] as fp32 [B, T, N, M] (None when the level's anchors are zeroed)."""
+    if anchors is None:
+        return None
+    g_count = anchors.shape[0]
+    return F.embedding(group, anchors.float().reshape(g_count, -1)).view(shape)
+
+
+class PhasorMemoryWrite(nn.Module):
+    """Write of one level: phase-space attention over the N slots, hard routing, per-group recurrence."""
+
+    def __init__(self, cfg: PMNetConfig) -> None:
+        super().__init__()
+        d, m = cfg.hidden_size, cfg.memory_size
+        self.impl = cfg.memory_impl
+        self.cumsum = cfg.memory_cumsum
+        self.norm = RMSNorm(d, cfg.rms_norm_eps)
+        self.proj_q = nn.Linear(d, m)
+        self.proj_k = nn.Linear(2 * m, m)
+        self.proj_v = nn.Linear(d, m)
+        self.proj_out = nn.Linear(m, m)
+
+    def forward(self, h: Tensor, phi: Tensor, group: Tensor, carried: Tensor) -> WriteResult:
+        """h [B, T, d], phi [B, T, N, M] fp32, group [B, T], carried [B, G, N, M] fp32."""
+        fn = write_fast if self.impl == "fast" else write_reference
+        return fn(self, h, phi, group, carried, cumsum=self.cumsum, training=self.training)
+
+
+class PhasorMemoryRead(nn.Module):
+    """Read of one layer: R heads of phase-space attention over the N slots of the byte's group."""
+
+    def __init__(self, cfg: PMNetConfig) -> None:
+        super().__init__()
+        d, m, r = cfg.hidden_size, cfg.memory_size, cfg.num_memory_read_heads
+        self.impl = cfg.memory_impl
+        self.num_heads = r
+        self.norm = RMSNorm(d, cfg.rms_norm_eps)
+        self.proj_q = nn.Linear(d, r * m)
+        self.proj_kv = nn.Linear(2 * m, 2 * r * m)
+        self.proj_out = nn.Linear(r * m, d)
+
+    def forward(self, h: Tensor, phi: Tensor) -> Tensor:
+        """h [B, T, d], phi [B, T, N, M] fp32 -> [B, T, d]."""
+        fn = read_fast if self.impl == "fast" else read_reference
+        return fn(self, h, phi)
+
+
+@torch.no_grad()
+def write_diagnostics(res: WriteResult, level: int, num_memory: int) -> dict[str, Tensor]:
+    """Detached scalars of one write (cheap; logged per level by the trainer).
+
+    * routing_entropy: mean over positions of the entropy of s (nats; ln N = uniform).
+    * groups_used: share of the N**(k+1) child groups (the routing targets) that received
+      at least one position of the chunk, per sequence, averaged over the batch.
+    * phase_increment: mean |delta| over positions, slots and phases (radians).
+    """
+    p = res.probs.float()
+    entropy = -(p * torch.log(p.clamp_min(1e-30))).sum(-1).mean()
+    n_child = num_memory ** (level + 1)
+    b = res.child_group.shape[0]
+    hit = torch.zeros(b, n_child, device=p.device).scatter_(1, res.child_group, 1.0)
+    prefix = f"memory/level{level}/"
+    return {
+        prefix + "routing_entropy": entropy,
+        prefix + "groups_used": hit.mean(),
+        prefix + "phase_increment": res.delta.abs().mean(),
+    }
+
+
+def init_memory_linear(module: nn.Module, std: float) -> None:
+    """N(0, std) weights and zero biases for every Linear of a memory module (MODEL.md section 3)."""
+    for sub in module.modules():
+        if isinstance(sub, nn.Linear):
+            nn.init.normal_(sub.weight, mean=0.0, std=std)
+            if sub.bias is not None:
+                nn.init.zeros_(sub.bias)
+
+
+def uniform_entropy(num_memory: int) -> float:
+    """ln N: the routing entropy of a uniform write softmax."""
+    return math.log(num_memory)

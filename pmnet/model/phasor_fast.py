@@ -1,0 +1,149 @@
+"""Fast phasor memory (MODEL.md sections 3-4), checked against ``reference.py`` by the tests.
+
+Two ideas make it fast without changing the numbers:
+
+* Phase-space scores through ``sum_j cos(a_j - b_j) = cos a . cos b + sin a . sin b``: the
+  score of every slot is one batched matmul of ``[cos q, sin q]`` with ``[cos key, sin key]``,
+  so no ``[B, T, R, N, M]`` difference tensor is built.
+* The per-group inclusive prefix sum is a sort + cumsum + gathers with static shapes
+  (no data-dependent sizes, no Python loop over groups), so a decoder layer can be
+  compiled with ``fullgraph=True``. The cumsum runs in fp64: partial sums grow to
+  T x pi and fp32 would lose about 1e-3 rad at T = 32k.
+
+Phase math (anchors, sin/cos, scores, the scan) is fp32 or wider whatever the compute
+dtype; the projections run in the weights' dtype (bf16 in mixed-precision training).
+
+Shape letters: B batch, T bytes, d hidden, N slots, M phases, R read heads, G = N**k groups,
+D = N * M (the flattened phases of one group).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from pmnet.model.memory import PhasorMemoryRead, PhasorMemoryWrite, WriteResult
+
+TWO_PI = 2.0 * math.pi
+
+
+def _no_autocast_bmm(a: Tensor, b: Tensor) -> Tensor:
+    """fp32 matmul even inside an autocast region (phase scores must stay fp32)."""
+    if torch.is_autocast_enabled(a.device.type):
+        with torch.autocast(device_type=a.device.type, enabled=False):
+            return torch.matmul(a.float(), b.float())
+    return torch.matmul(a, b)
+
+
+def phase_scores(q: Tensor, key: Tensor) -> Tensor:
+    """``sum_j cos(q_j - key_n,j)`` for every slot n, as a matmul.
+
+    q [..., M] and key [..., N, M] (same leading dims, fp32) -> [..., N].
+    """
+    qf = torch.cat([torch.cos(q), torch.sin(q)], dim=-1)  # [..., 2M]
+    kf = torch.cat([torch.cos(key), torch.sin(key)], dim=-1)  # [..., N, 2M]
+    return _no_autocast_bmm(kf, qf.unsqueeze(-1)).squeeze(-1)  # [..., N]
+
+
+def segmented_prefix_sum(delta: Tensor, group: Tensor, carried: Tensor) -> tuple[Tensor, Tensor]:
+    """Inclusive prefix sum of ``delta`` within each group, plus the group's carried state, mod 2 pi.
+
+    delta [B, T, D] fp32, group [B, T] int64 in [0, G), carried [B, G, D] fp32.
+    Returns S [B, T, D] fp32 in [0, 2 pi) and the new group states [B, G, D] (the value of S
+    at each group's last position; the carried value for groups no position reached).
+
+    Static shapes only: a stable ordering by (group, position) is an argsort of
+    ``group * T + t``; one cumsum over the sorted sequence; each position subtracts the
+    running total where its group's segment starts (found from per-group counts).
+    """
+    b, t, dim = delta.shape
+    g_count = carried.shape[1]
+    pos = torch.arange(t, device=delta.device)
+    perm = torch.argsort(group * t + pos, dim=1)  # [B, T]
+    g_sorted = group.gather(1, perm)  # [B, T] non-decreasing
+    d_sorted = delta.gather(1, perm[..., None].expand(b, t, dim)).double()  # [B, T, D]
+    csum = d_sorted.cumsum(dim=1)  # [B, T, D] fp64
+    counts = torch.zeros(b, g_count, dtype=torch.int64, device=delta.device)
+    counts = counts.scatter_add(1, group, torch.ones_like(group))  # [B, G]
+    starts = counts.cumsum(1) - counts  # [B, G] first sorted index of each group
+    seg_start = starts.gather(1, g_sorted)  # [B, T]
+    before = (csum - d_sorted).gather(1, seg_start[..., None].expand(b, t, dim))  # running total before the segment
+    s_sorted = csum - before + carried.double().gather(1, g_sorted[..., None].expand(b, t, dim))
+    s_sorted = torch.remainder(s_sorted, TWO_PI)  # [B, T, D] fp64
+    out = torch.zeros_like(s_sorted).scatter(1, perm[..., None].expand(b, t, dim), s_sorted).float()
+    ends = (starts + counts - 1).clamp(min=0)  # [B, G] last sorted index of each group
+    last = s_sorted.gather(1, ends[..., None].expand(b, g_count, dim)).float()
+    new_state = torch.where((counts > 0)[..., None], last, carried.float())
+    return out, new_state
+
+
+def write_fast(
+    mod: PhasorMemoryWrite,
+    h: Tensor,
+    phi: Tensor,
+    group: Tensor,
+    carried: Tensor,
+    *,
+    cumsum: bool,
+    training: bool,
+) -> WriteResult:
+    """Vectorised memory write; same arguments and result as ``reference.write_reference``."""
+    from pmnet.model.memory import WriteResult
+
+    b, t, n, m = phi.shape
+    x = mod.norm(h)
+    q = math.pi * torch.tanh(mod.proj_q(x).float())  # [B, T, M]
+    theta = math.pi * torch.tanh(mod.proj_out(mod.proj_v(x)).float())  # [B, T, M]
+    feats = torch.cat([torch.sin(phi), torch.cos(phi)], dim=-1)  # [B, T, N, 2M] fp32
+    key = math.pi * torch.tanh(mod.proj_k(feats.to(mod.proj_k.weight.dtype)).float())  # [B, T, N, M]
+    s = torch.softmax(phase_scores(q, key) / math.sqrt(m), dim=-1)  # [B, T, N]
+    delta = s[..., None] * theta[:, :, None, :]  # [B, T, N, M]
+    if training:
+        counts = torch.zeros(b, carried.shape[1], dtype=s.dtype, device=s.device)
+        counts = counts.scatter_add(1, group, torch.ones_like(s[..., 0]))  # [B, G]
+        scale = counts.gather(1, group).rsqrt()[..., None, None]  # [B, T, 1, 1]: 1/sqrt(c)
+        delta_s = delta.detach() + (delta - delta.detach()) * scale  # same value, gradient / sqrt(c)
+    else:
+        delta_s = delta
+    if cumsum:
+        S, state = segmented_prefix_sum(delta_s.reshape(b, t, n * m), group, carried.reshape(b, -1, n * m))
+        S, state = S.view(b, t, n, m), state.view(carried.shape)
+    else:
+        S = torch.remainder(delta_s, TWO_PI)
+        # the state still records S at each group's last position (unused by the recurrence)
+        vals, present = _last_of_group(S.reshape(b, t, n * m), group, carried.shape[1])
+        state = torch.where(present[..., None], vals, carried.reshape(b, -1, n * m)).view(carried.shape)
+    choice = s.detach().argmax(-1)  # [B, T]
+    return WriteResult(
+        phi_increment=S, child_group=group * n + choice, group_state=state, probs=s.detach(), delta=delta.detach()
+    )
+
+
+def _last_of_group(x: Tensor, group: Tensor, g_count: int) -> tuple[Tensor, Tensor]:
+    """x [B, T, D] at the last position of each group -> ([B, G, D], present [B, G])."""
+    b, t, dim = x.shape
+    pos = torch.arange(t, device=x.device).expand(b, t)
+    last = torch.full((b, g_count), -1, dtype=torch.int64, device=x.device).scatter_reduce(
+        1, group, pos, reduce="amax", include_self=True
+    )
+    vals = x.gather(1, last.clamp(min=0)[..., None].expand(b, g_count, dim))
+    return vals, last >= 0
+
+
+def read_fast(mod: PhasorMemoryRead, h: Tensor, phi: Tensor) -> Tensor:
+    """Vectorised memory read; h [B, T, d], phi [B, T, N, M] fp32 -> [B, T, d]."""
+    b, t, n, m = phi.shape
+    r = mod.num_heads
+    x = mod.norm(h)
+    q = (math.pi * torch.tanh(mod.proj_q(x).float())).view(b, t, r, m)  # [B, T, R, M]
+    feats = torch.cat([torch.sin(phi), torch.cos(phi)], dim=-1)  # [B, T, N, 2M]
+    kv = mod.proj_kv(feats.to(mod.proj_kv.weight.dtype))  # [B, T, N, 2RM]
+    key = (math.pi * torch.tanh(kv[..., : r * m].float())).view(b, t, n, r, m).transpose(2, 3)  # [B, T, R, N, M]
+    val = kv[..., r * m :].reshape(b, t, n, r, m).transpose(2, 3)  # [B, T, R, N, M]
+    a = torch.softmax(phase_scores(q, key) / math.sqrt(m), dim=-1)  # [B, T, R, N]
+    out = _no_autocast_bmm(a.unsqueeze(-2), val.float()).squeeze(-2)  # [B, T, R, M]
+    return mod.proj_out(out.reshape(b, t, r * m).to(mod.proj_out.weight.dtype))

@@ -1,0 +1,73 @@
+"""The explicit streaming state of PMNet (MODEL.md section 5).
+
+A stream longer than one chunk is fed as consecutive calls
+``logits, state = model(chunk, state)``. Everything the next chunk needs is in a
+:class:`PMNetState`; its size does not depend on how long the stream already is:
+
+* per memory level k: the group phases S, ``[B, G=N**k, N, M]`` fp32 angles in [0, 2 pi)
+  (the value of the prefix sum at the last position routed to each group);
+* per decoder layer: the last ``W - 1`` attention keys (after RoPE) and values,
+  ``[B, H, <= W-1, hd]`` (fewer at the start of a stream);
+* ``position``: the absolute position of the next byte (RoPE and the window mask).
+
+The model never detaches the state: the trainer calls :meth:`PMNetState.detach` at a
+truncated-BPTT boundary, so gradients can flow across chunks when it wants them to.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class PMNetState:
+    """Carried state of one batch of streams (constant size in the stream length)."""
+
+    group_phases: list[Tensor] = field(default_factory=list)
+    "Per level k: [B, N**k, N, M] fp32 angles (empty list when memory is off)."
+    keys: list[Tensor] = field(default_factory=list)
+    "Per layer: [B, H, <= W-1, hd] post-RoPE keys of the most recent bytes (oldest first)."
+    values: list[Tensor] = field(default_factory=list)
+    "Per layer: [B, H, <= W-1, hd] values matching ``keys``."
+    position: int = 0
+    "Absolute position of the next byte of the stream."
+    diagnostics: dict[str, Tensor] | None = None
+    "Detached scalars of the call that produced this state (``collect_diagnostics=True``)."
+
+    @property
+    def batch_size(self) -> int:
+        """B of the streams this state belongs to."""
+        if self.keys:
+            return self.keys[0].shape[0]
+        if self.group_phases:
+            return self.group_phases[0].shape[0]
+        raise ValueError("empty PMNetState has no batch size")
+
+    def detach(self) -> PMNetState:
+        """A new state with every tensor cut from the autograd graph (truncated BPTT)."""
+        return dataclasses.replace(
+            self,
+            group_phases=[p.detach() for p in self.group_phases],
+            keys=[k.detach() for k in self.keys],
+            values=[v.detach() for v in self.values],
+            diagnostics=None if self.diagnostics is None else {k: v.detach() for k, v in self.diagnostics.items()},
+        )
+
+    def to(self, device: torch.device | str) -> PMNetState:
+        """A new state on ``device`` (dtypes unchanged)."""
+        return dataclasses.replace(
+            self,
+            group_phases=[p.to(device) for p in self.group_phases],
+            keys=[k.to(device) for k in self.keys],
+            values=[v.to(device) for v in self.values],
+            diagnostics=None if self.diagnostics is None else {k: v.to(device) for k, v in self.diagnostics.items()},
+        )
+
+    def num_bytes(self) -> int:
+        """Bytes held by the state's tensors (a check that memory stays flat)."""
+        tensors = [*self.group_phases, *self.keys, *self.values]
+        return sum(t.numel() * t.element_size() for t in tensors)
