@@ -1,0 +1,45 @@
+"""Shared plumbing of the evaluation CLIs: common flags and one-line errors.
+
+Every tool's ``main`` runs inside :func:`run_cli`: a problem is printed as one
+``error: ...`` line on stderr with exit status 1 (argparse usage errors exit 2). Set
+``PMNET_DEBUG=1`` to get the full traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """--device, --dtype, --attn-backend (shared by every tool that loads a checkpoint)."""
+    g = p.add_argument_group("model")
+    g.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N (default: auto)")
+    g.add_argument(
+        "--dtype", default="fp32", choices=["fp32", "bf16"], help="compute dtype; phases stay fp32 (default: fp32)"
+    )
+    g.add_argument(
+        "--attn-backend",
+        default=None,
+        choices=["eager", "sdpa", "flex"],
+        help="override the checkpoint's attention backend (default: as saved; sdpa on CPU if saved flex)",
+    )
+
+
+def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
+    """Run ``main(argv)``; turn any exception into one ``error:`` line and exit status 1."""
+    try:
+        return main(argv)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except SystemExit:
+        raise
+    except Exception as err:
+        if os.environ.get("PMNET_DEBUG"):
+            raise
+        msg = " ".join(str(err).split()) or type(err).__name__
+        print(f"error: {msg}", file=sys.stderr)
+        return 1

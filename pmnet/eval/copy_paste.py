@@ -1,0 +1,137 @@
+"""Copy-paste evaluation: exact-match and per-byte accuracy by copy length N (MODEL.md section 8).
+
+Greedy decoding of the copy equals teacher forcing here: the greedy output is the exact
+copy if and only if, with the true prefix fed, the argmax at every copied position is the
+target byte (if all are right, greedy feeds itself exactly the true prefix). So one
+teacher-forced forward per sample gives exact match (all argmaxes right) and per-byte
+accuracy (share of argmaxes right; this one is the teacher-forced per-byte score).
+
+Samples come from :mod:`data_pipeline.copy_paste` with a seed space training never uses,
+N uniform inside each bucket (lo, hi].
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from data_pipeline.copy_paste import eval_batch
+from pmnet.eval.loading import EvalError
+
+__all__ = ["BucketResult", "DEFAULT_EDGES", "evaluate_copy_paste", "parse_edges", "write_csv", "table_rows"]
+
+DEFAULT_EDGES = (0, 128, 256, 384, 512, 640, 768, 896, 1024, 1280, 1536, 2048)
+"""Bucket edges of N: fine around 768 (2N = the 1,536-byte receptive field), up to 2048."""
+
+
+@dataclass
+class BucketResult:
+    """Accuracy of one model on samples with N in (lo, hi]."""
+
+    label: str
+    lo: int
+    hi: int
+    samples: int
+    exact: int
+    "Samples whose whole copy is right under greedy decoding."
+    correct_bytes: int
+    total_bytes: int
+
+    @property
+    def exact_match(self) -> float:
+        """Share of samples copied exactly."""
+        return self.exact / self.samples
+
+    @property
+    def byte_accuracy(self) -> float:
+        """Share of copied bytes predicted right (pooled over samples)."""
+        return self.correct_bytes / self.total_bytes
+
+
+def parse_edges(text: str) -> list[int]:
+    """``"0,128,256"`` -> [0, 128, 256]; strictly increasing, starting at >= 0."""
+    try:
+        edges = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise EvalError(f"--edges {text!r}: give comma-separated integers") from None
+    if len(edges) < 2 or edges[0] < 0 or any(b <= a for a, b in zip(edges, edges[1:])):
+        raise EvalError(f"--edges {text!r}: need at least two strictly increasing values >= 0")
+    return edges
+
+
+@torch.inference_mode()
+def _score(model: torch.nn.Module, ns: list[int], seed: int, start_index: int, chunk_bytes: int) -> tuple[int, int]:
+    """(exact copies, correct bytes) for one batch of samples with copy lengths ``ns``."""
+    device = next(model.parameters()).device
+    ids, targets = eval_batch(ns, seed, start_index)
+    ids, targets = ids.to(device), targets.to(device)
+    preds = []
+    state = None
+    for start in range(0, ids.shape[1], chunk_bytes):  # chunked so long N fits any memory
+        logits, state = model(ids[:, start : start + chunk_bytes], state=state)
+        preds.append(logits.argmax(-1))
+        del logits
+    pred = torch.cat(preds, dim=1)
+    mask = targets != 0
+    right = ((pred == targets) & mask).sum(1)
+    n = torch.tensor(ns, device=device)
+    if not torch.equal(mask.sum(1), n):
+        raise EvalError("internal: copy-span mask does not match N (generator changed?)")
+    return int((right == n).sum()), int(right.sum())
+
+
+def evaluate_copy_paste(
+    model: torch.nn.Module,
+    *,
+    edges: Sequence[int] = DEFAULT_EDGES,
+    samples_per_bucket: int = 64,
+    batch_size: int = 16,
+    seed: int = 1234,
+    label: str = "model",
+    chunk_bytes: int = 8192,
+) -> list[BucketResult]:
+    """Accuracy per bucket (lo, hi] of N for ``model``; the same samples for every model and seed."""
+    if samples_per_bucket < 1 or batch_size < 1:
+        raise EvalError("--samples and --batch-size must be >= 1")
+    out = []
+    for b, (lo, hi) in enumerate(zip(edges, edges[1:])):
+        rng = np.random.default_rng([seed, b])
+        ns = sorted(int(n) for n in rng.integers(lo + 1, hi + 1, size=samples_per_bucket))
+        exact = correct = 0
+        for i in range(0, len(ns), batch_size):
+            part = ns[i : i + batch_size]
+            e, c = _score(model, part, seed, b * 1_000_000 + i, chunk_bytes)
+            exact += e
+            correct += c
+        out.append(BucketResult(label, lo, hi, len(ns), exact, correct, sum(ns)))
+    return out
+
+
+def write_csv(path: str | Path, results: Sequence[BucketResult]) -> None:
+    """One row per (model, bucket): label, n_lo, n_hi, samples, exact_match, byte_accuracy."""
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["model", "n_lo", "n_hi", "samples", "exact_match", "byte_accuracy"])
+        for r in results:
+            w.writerow([r.label, r.lo, r.hi, r.samples, f"{r.exact_match:.4f}", f"{r.byte_accuracy:.4f}"])
+
+
+def table_rows(results: Sequence[BucketResult]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: one row per bucket, exact-match / per-byte % for each model."""
+    labels = list(dict.fromkeys(r.label for r in results))
+    buckets = list(dict.fromkeys((r.lo, r.hi) for r in results))
+    by = {(r.label, r.lo, r.hi): r for r in results}
+    header = ["N"] + [f"{lab} exact / byte %" for lab in labels]
+    rows = []
+    for lo, hi in buckets:
+        cells = [f"({lo}, {hi}]"]
+        for lab in labels:
+            r = by[(lab, lo, hi)]
+            cells.append(f"{100 * r.exact_match:5.1f} / {100 * r.byte_accuracy:5.1f}")
+        rows.append(cells)
+    return header, rows

@@ -1,0 +1,155 @@
+"""Loading a model for evaluation: from an interchange directory or a training run, plus ablated variants.
+
+Evaluation tools take ``CKPT`` = an interchange directory (``config.json`` +
+``model.safetensors``, MODEL.md section 7). A training run directory or one DeepSpeed
+checkpoint directory is accepted too: it is converted into a temporary interchange
+directory with the checkpoint engineer's library converter (``pmnet.train.convert``)
+when that module is installed; otherwise the error says to run
+``tools/convert_checkpoint.py`` first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["EvalError", "load_model", "resolve_checkpoint", "make_variant", "pick_device", "ABLATIONS"]
+
+ABLATIONS = ("no-recurrence", "no-memory", "zero-root", "zero-leaves", "zero-all")
+"""Names of the eval-time ablations (MODEL.md section 3): used by --compare and in labels."""
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+class EvalError(RuntimeError):
+    """A problem a user can fix (bad path, incompatible flags); tools print it in one line."""
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise EvalError("--device cuda asked for but no CUDA GPU is visible")
+    return torch.device(name)
+
+
+def _is_interchange(path: Path) -> bool:
+    return (path / "config.json").is_file() and (
+        (path / "model.safetensors").is_file() or (path / "model.safetensors.index.json").is_file()
+    )
+
+
+def _find_converter() -> Any | None:
+    """The checkpoint engineer's DeepSpeed -> interchange function, if it exists yet."""
+    for mod_name, fn_names in (
+        ("pmnet.train.convert", ("deepspeed_to_interchange", "convert_to_interchange", "export_interchange")),
+        ("pmnet.train.checkpoint", ("deepspeed_to_interchange", "convert_to_interchange", "export_interchange")),
+    ):
+        try:
+            mod = importlib.import_module(mod_name)
+        except ImportError:
+            continue
+        for fn in fn_names:
+            if callable(getattr(mod, fn, None)):
+                return getattr(mod, fn)
+    return None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """An interchange directory for ``path`` (converting a run / DeepSpeed checkpoint if needed)."""
+    p = Path(path)
+    if not p.exists():
+        raise EvalError(f"checkpoint {p} does not exist")
+    if p.is_dir() and _is_interchange(p):
+        return p
+    if p.is_dir() and (p / "checkpoints").is_dir():  # a run directory: use its latest checkpoint
+        ckdir = p / "checkpoints"
+        latest = ckdir / "latest"
+        if latest.is_file():
+            p = ckdir / latest.read_text().strip()
+        else:
+            steps = sorted(d for d in ckdir.glob("step_*") if d.is_dir())
+            if not steps:
+                raise EvalError(f"run directory {path} has no checkpoints under {ckdir}")
+            p = steps[-1]
+    if not p.is_dir():
+        raise EvalError(f"checkpoint {path} is not a directory (expected config.json + model.safetensors)")
+    converter = _find_converter()
+    if converter is None:
+        raise EvalError(
+            f"{p} is not an interchange directory (config.json + model.safetensors); "
+            f"convert it first: python tools/convert_checkpoint.py {p} OUT_DIR"
+        )
+    out = Path(tempfile.mkdtemp(prefix="pmnet_eval_ckpt_"))
+    converter(p, out)
+    if not _is_interchange(out):
+        raise EvalError(f"converting {p} did not produce config.json + model.safetensors")
+    return out
+
+
+def load_model(
+    path: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: str = "fp32",
+    attn_backend: str | None = None,
+) -> tuple[torch.nn.Module, Any]:
+    """Load ``path`` for inference: ``(model in eval mode on device, PMNetConfig)``.
+
+    ``attn_backend`` overrides the saved one (``sdpa`` on CPU, ``flex`` on GPU are the fast
+    choices); ``dtype`` is fp32 or bf16 (the model keeps its phase math in fp32).
+    """
+    from pmnet.model import load_pretrained
+
+    if dtype not in _DTYPES:
+        raise EvalError(f"--dtype {dtype!r}: choose fp32 or bf16")
+    ckpt = resolve_checkpoint(path)
+    try:
+        model, cfg = load_pretrained(ckpt)
+    except (ValueError, KeyError, OSError) as err:
+        raise EvalError(f"cannot load {ckpt}: {err}") from None
+    device = torch.device(device)
+    if attn_backend is None and device.type == "cpu" and cfg.attn_backend == "flex":
+        attn_backend = "sdpa"  # flex attention needs a GPU; sdpa computes the same thing
+    if attn_backend is not None and attn_backend != cfg.attn_backend:
+        model, cfg = make_variant(model, cfg, attn_backend=attn_backend)
+    model = model.to(device=device, dtype=_DTYPES[dtype]).eval()
+    return model, cfg
+
+
+def make_variant(model: torch.nn.Module, cfg: Any, **changes: Any) -> tuple[torch.nn.Module, Any]:
+    """The same weights in a model built with ``changes`` to its config (e.g. ``use_memory=False``).
+
+    Turning memory off drops the memory weights (reads and writes are skipped); any other
+    missing or unexpected weight is an error, so a variant never runs half-initialised.
+    """
+    from pmnet.model import PMNetForCausalLM
+
+    new_cfg = dataclasses.replace(cfg, **changes)
+    param = next(model.parameters())
+    variant = PMNetForCausalLM(new_cfg)  # random init is overwritten below; costs seconds at 119M
+    result = variant.load_state_dict(model.state_dict(), strict=False)
+    if result.missing_keys:
+        raise EvalError(f"variant {changes} needs weights the checkpoint lacks: {result.missing_keys[:3]}")
+    allowed = ("memory",) if not new_cfg.use_memory else ()
+    bad = [k for k in result.unexpected_keys if not any(a in k for a in allowed)]
+    if bad:
+        raise EvalError(f"variant {changes} has no place for weights {bad[:3]}")
+    return variant.to(device=param.device, dtype=param.dtype).eval(), new_cfg
+
+
+def ablation_changes(name: str) -> tuple[dict[str, Any], str | None]:
+    """(config changes, anchor levels to zero) of an ablation name from :data:`ABLATIONS`."""
+    if name == "no-recurrence":
+        return {"memory_cumsum": False}, None
+    if name == "no-memory":
+        return {"use_memory": False}, None
+    if name.startswith("zero-") and name[5:] in ("root", "leaves", "all"):
+        return {}, name[5:]
+    raise EvalError(f"unknown ablation {name!r}; choose from {', '.join(ABLATIONS)}")

@@ -1,0 +1,86 @@
+#!/usr/bin/env python
+"""Sample text from a checkpoint with the streaming state; prints prompt + continuation.
+
+    python tools/generate.py CKPT --prompt "Once upon a time" [--max-bytes 256]
+        [--temperature 0.8] [--top-k 40] [--seed 0]
+
+The continuation is printed as it is generated (bytes decoded as UTF-8; an invalid
+sequence shows as U+FFFD). Generation stops at EOS or after --max-bytes bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import codecs
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pmnet.eval.cli import add_model_args, run_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="generate.py", description="Sample bytes from PMNet with the streaming state.")
+    p.add_argument(
+        "ckpt", metavar="CKPT", help="interchange directory (config.json + model.safetensors) or run directory"
+    )
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--prompt", default="", help="prompt text (default: empty, i.e. just BOS)")
+    src.add_argument("--prompt-file", default=None, help="read the prompt from this UTF-8 file")
+    p.add_argument("--max-bytes", type=int, default=256, help="bytes to generate at most (default: 256)")
+    p.add_argument("--temperature", type=float, default=0.8, help="softmax temperature; 0 = greedy (default: 0.8)")
+    p.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest bytes; 0 = all (default: 0)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    p.add_argument("--no-bos", action="store_true", help="do not start the prompt with BOS")
+    p.add_argument("--ignore-eos", action="store_true", help="never sample EOS; always produce --max-bytes bytes")
+    p.add_argument("--no-prompt-echo", action="store_true", help="print only the continuation")
+    add_model_args(p)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from pmnet.eval.generate import generate
+    from pmnet.eval.loading import EvalError, load_model, pick_device
+
+    if args.max_bytes < 0:
+        raise EvalError(f"--max-bytes {args.max_bytes}: must be >= 0")
+    if args.prompt_file is not None:
+        try:
+            prompt = Path(args.prompt_file).read_text(encoding="utf-8")
+        except OSError as err:
+            raise EvalError(f"--prompt-file: {err.strerror}: {args.prompt_file}") from None
+    else:
+        prompt = args.prompt
+    device = pick_device(args.device)
+    model, _ = load_model(args.ckpt, device=device, dtype=args.dtype, attn_backend=args.attn_backend)
+    out = sys.stdout
+    if not args.no_prompt_echo:
+        out.write(prompt)
+        out.flush()
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def emit(b: bytes) -> None:
+        text = decoder.decode(b)
+        if text:
+            out.write(text)
+            out.flush()
+
+    generate(
+        model,
+        prompt.encode("utf-8"),
+        max_bytes=args.max_bytes,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        seed=args.seed,
+        stop_at_eos=not args.ignore_eos,
+        add_bos=not args.no_bos,
+        on_bytes=emit,
+    )
+    out.write(decoder.decode(b"", final=True) + "\n")
+    out.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))
