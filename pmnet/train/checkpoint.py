@@ -1,0 +1,469 @@
+"""Crash-safe training checkpoints: the DeepSpeed engine plus everything needed to resume exactly.
+
+``save_checkpoint`` (collective) writes ``<run_dir>/checkpoints/.tmp-step_XXXXXXXX/`` with
+``engine.save_checkpoint`` and, beside DeepSpeed's files:
+
+* ``rank_XXXXX.pt`` per rank: python / numpy / torch / CUDA RNG states and the rank's dataloader state;
+* ``trainer_state.json`` (step, bytes seen, loss, ...), ``config.yaml`` (the resolved config),
+  ``meta.json`` (world size, ZeRO stage, precision, global batch, code version, parameter shapes).
+
+After a barrier every rank hashes a share of the files; rank 0 writes ``manifest.json``
+(size and sha256 of every file), renames the directory to ``step_XXXXXXXX``, moves
+``latest`` (atomically) and applies retention. A crash at any point leaves the previous
+checkpoint and ``latest`` untouched; the half-written ``.tmp-`` directory is reported as
+incomplete and removed by the next successful save.
+
+``load_checkpoint`` (collective) refuses a changed model shape in one line, loads the engine
+(through the checkpoint's ``universal/`` copy when the world size changed, see
+``pmnet.train.convert.make_universal``), and restores this rank's RNG states. Our own torch
+files are read with ``weights_only=True`` (DeepSpeed reads its own files itself).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pmnet.train.manifest import (
+    CONFIG,
+    FORMAT,
+    MANIFEST,
+    META,
+    TMP_PREFIX,
+    TRAINER_STATE,
+    CheckpointError,
+    CheckpointInfo,
+    atomic_write_text,
+    checkpoints_root,
+    find_latest_valid,
+    fsync_dir,
+    hash_files,
+    list_files,
+    parse_step,
+    rank_file,
+    read_json,
+    read_latest,
+    scan_checkpoints,
+    step_name,
+    utc_now,
+    write_latest,
+)
+
+__all__ = [
+    "CheckpointError",
+    "CheckpointInfo",
+    "LoadedCheckpoint",
+    "apply_retention",
+    "code_version",
+    "find_latest_valid",
+    "load_checkpoint",
+    "save_checkpoint",
+    "scan_checkpoints",
+]
+
+# Model config fields that change parameter shapes (a resume with any of them changed is refused).
+SHAPE_KEYS = (
+    "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "head_dim",
+    "vocab_size", "memory_size", "num_memory", "num_memory_read_heads", "memory_write_period",
+    "tie_word_embeddings", "use_memory",
+)  # fmt: skip
+
+
+@dataclass
+class LoadedCheckpoint:
+    """What :func:`load_checkpoint` restored besides the engine."""
+
+    path: Path
+    trainer_state: dict[str, Any]
+    dataloader_state: dict[str, Any] | None
+    config: dict[str, Any]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def step(self) -> int:
+        """Optimizer step the checkpoint was written at."""
+        return int(self.meta.get("step", self.trainer_state.get("step", 0)))
+
+
+# ---------------------------------------------------------------- distributed helpers
+def _dist() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _gather(obj: Any) -> list[Any]:
+    """All-gather a picklable object (a list with one entry per rank)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _agree(error: str | None) -> None:
+    """Every rank learns whether any rank failed; all then raise the first error (no rank hangs)."""
+    errors = [e for e in _gather(error) if e]
+    if errors:
+        raise CheckpointError(errors[0])
+
+
+# ---------------------------------------------------------------- small pieces
+def code_version(repo: str | Path | None = None) -> str:
+    """``git describe``-like version of the code (sha, '+dirty' when modified), or 'unknown'."""
+    repo = Path(repo) if repo else Path(__file__).resolve().parents[2]
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return os.environ.get("PMNET_CODE_VERSION", "unknown")
+    return sha + ("+dirty" if dirty else "")
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """RNG states of python, numpy, torch (CPU) and every CUDA device, in weights_only-safe types."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {
+            "kind": np_state[0],
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "gauss": float(np_state[4]),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": None,
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_state`."""
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        cuda = state["cuda"]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+
+
+def _param_shapes(module: torch.nn.Module) -> dict[str, list[int]]:
+    """Full parameter shapes (ZeRO-3 partitioned parameters report ``ds_shape``)."""
+    out = {}
+    for name, p in module.named_parameters():
+        shape = getattr(p, "ds_shape", None) or p.shape
+        out[name] = [int(s) for s in shape]
+    return out
+
+
+def _engine_info(engine: Any) -> dict[str, Any]:
+    zero = int(engine.zero_optimization_stage()) if hasattr(engine, "zero_optimization_stage") else 0
+    if getattr(engine, "bfloat16_enabled", lambda: False)():
+        precision = "bf16"
+    elif getattr(engine, "fp16_enabled", lambda: False)():
+        precision = "fp16"
+    else:
+        precision = "fp32"
+    return {
+        "zero_stage": zero,
+        "precision": precision,
+        "train_batch_size": int(engine.train_batch_size()),
+        "micro_batch_size": int(engine.train_micro_batch_size_per_gpu()),
+        "gradient_accumulation_steps": int(engine.gradient_accumulation_steps()),
+        "global_steps": int(getattr(engine, "global_steps", 0)),
+    }
+
+
+def _json_text(obj: Any, what: str) -> str:
+    try:
+        return json.dumps(obj, indent=1, sort_keys=True, allow_nan=True) + "\n"
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{what}: not JSON-serialisable ({err})") from None
+
+
+# ---------------------------------------------------------------- save
+def save_checkpoint(
+    engine: Any,
+    run_dir: str | Path,
+    step: int,
+    *,
+    trainer_state: dict[str, Any],
+    dataloader_state: dict[str, Any] | None,
+    config: Any,
+    keep_last: int,
+    keep_every: int,
+) -> Path:
+    """Write a complete checkpoint of ``engine`` at ``step`` (every rank calls); returns its final path."""
+    from pmnet.config import dump_config
+
+    rank, world = _dist()
+    root = checkpoints_root(run_dir)
+    final_name = step_name(step)
+    tmp_name = TMP_PREFIX + final_name
+    tmp, final = root / tmp_name, root / final_name
+
+    # 1. a clean temporary directory (a crashed attempt at the same step may have left one)
+    err = None
+    if rank == 0:
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            if tmp.exists():
+                shutil.rmtree(tmp)
+        except OSError as e:
+            err = f"{tmp}: cannot prepare the checkpoint directory ({e})"
+    _agree(err)
+
+    # 2. DeepSpeed's files (collective), then ours
+    engine.save_checkpoint(str(root), tag=tmp_name, save_latest=False)
+    err = None
+    try:
+        tmp.mkdir(parents=True, exist_ok=True)
+        torch.save(
+            {"rank": rank, "world_size": world, "rng": capture_rng_state(), "dataloader": dataloader_state},
+            tmp / rank_file(rank),
+        )
+        if rank == 0:
+            meta = {
+                "format": FORMAT,
+                "step": int(step),
+                "world_size": world,
+                **_engine_info(engine),
+                "code_version": code_version(),
+                "torch_version": torch.__version__,
+                "deepspeed_version": _deepspeed_version(),
+                "created_utc": utc_now(),
+                "param_shapes": _param_shapes(engine.module),
+                "num_parameters": _count_unique_params(engine.module),
+            }
+            (tmp / META).write_text(_json_text(meta, META), encoding="utf-8")
+            (tmp / TRAINER_STATE).write_text(_json_text({"step": int(step), **trainer_state}, TRAINER_STATE))
+            (tmp / CONFIG).write_text(dump_config(config), encoding="utf-8")
+    except (OSError, CheckpointError, RuntimeError) as e:
+        err = f"rank {rank}: writing {tmp}: {e}"
+    _agree(err)
+
+    # 3. every rank hashes (and fsyncs) a share of the files; rank 0 writes the manifest
+    err, part = None, {}
+    try:
+        files = list_files(tmp)
+        part = hash_files(tmp, files[rank::world], fsync=True)
+    except OSError as e:
+        err = f"rank {rank}: hashing {tmp}: {e}"
+    parts = _gather((err, part))
+    _agree(next((e for e, _ in parts if e), None))
+
+    err = None
+    if rank == 0:
+        try:
+            entries: dict[str, Any] = {}
+            for _, p in parts:
+                entries.update(p)
+            manifest = {"format": FORMAT, "step": int(step), "world_size": world, "created_utc": utc_now(),
+                        "files": dict(sorted(entries.items()))}  # fmt: skip
+            atomic_write_text(tmp / MANIFEST, _json_text(manifest, MANIFEST))
+            _publish(root, tmp, final)
+            apply_retention(root, keep_last=keep_last, keep_every=keep_every, protect={final_name})
+        except (OSError, CheckpointError) as e:
+            err = f"publishing {final}: {e}"
+    _agree(err)
+    return final
+
+
+def _publish(root: Path, tmp: Path, final: Path) -> None:
+    """Rename the finished directory into place, then move ``latest`` (the commit point)."""
+    old = None
+    if final.exists():  # re-saving a step (e.g. after resuming from an older checkpoint)
+        old = root / f".del-{final.name}-{os.getpid()}"
+        os.replace(final, old)
+    os.replace(tmp, final)
+    fsync_dir(root)
+    write_latest(root, final.name)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def apply_retention(root: str | Path, *, keep_last: int, keep_every: int, protect: set[str] | None = None) -> list[str]:
+    """Delete old checkpoints: keep the newest ``keep_last``, every multiple of ``keep_every``, ``latest`` and
+    ``protect``; also remove stale temporary directories. Returns the deleted names."""
+    root = Path(root)
+    keep = set(protect or ())
+    latest = read_latest(root)
+    if latest:
+        keep.add(latest)
+    finals = sorted((parse_step(p.name), p) for p in root.iterdir() if p.is_dir() and parse_step(p.name) is not None)
+    keep.update(p.name for _, p in finals[-max(keep_last, 1) :])
+    if keep_every > 0:
+        keep.update(p.name for s, p in finals if s is not None and s % keep_every == 0)
+    doomed = [p for _, p in finals if p.name not in keep]
+    doomed += [p for p in root.iterdir() if p.is_dir() and p.name.startswith((TMP_PREFIX, ".del-"))]
+    deleted = []
+    for p in doomed:
+        trash = root / f".del-{p.name.lstrip('.')}-{os.getpid()}" if not p.name.startswith(".del-") else p
+        try:
+            if trash != p:
+                os.replace(p, trash)  # never leave a half-deleted directory under a checkpoint name
+            shutil.rmtree(trash)
+            deleted.append(p.name)
+        except OSError:
+            pass
+    return deleted
+
+
+def _deepspeed_version() -> str:
+    try:
+        import deepspeed
+
+        return str(deepspeed.__version__)
+    except Exception:
+        return "unknown"
+
+
+def _count_unique_params(module: torch.nn.Module) -> int:
+    total = 0
+    for p in module.parameters():  # parameters() yields a tied tensor once
+        total += int(getattr(p, "ds_numel", 0) or p.numel())
+    return total
+
+
+# ---------------------------------------------------------------- load
+def _check_shapes(ckpt: Path, meta: dict[str, Any], saved_cfg: dict[str, Any], engine: Any, expected: Any) -> None:
+    """Refuse (one line) when the model to load into has other shapes than the saved one."""
+    module = engine.module
+    cur_cfg = None
+    if expected is not None:
+        cur_cfg = getattr(expected, "model", expected)
+    elif hasattr(module, "config"):
+        cur_cfg = module.config
+    saved_model = saved_cfg.get("model") or {}
+    if cur_cfg is not None and saved_model:
+        diffs = [
+            f"{k} {saved_model[k]} -> {getattr(cur_cfg, k)}"
+            for k in SHAPE_KEYS
+            if k in saved_model and hasattr(cur_cfg, k) and saved_model[k] != getattr(cur_cfg, k)
+        ]
+        if diffs:
+            raise CheckpointError(
+                f"{ckpt}: model shape changed since this checkpoint ({', '.join(diffs)}); "
+                "start a new run directory (or train.init_from= converted weights) instead of resuming"
+            )
+    saved_shapes = meta.get("param_shapes") or {}
+    if saved_shapes:
+        cur = _param_shapes(module)
+        for name in sorted(set(saved_shapes) | set(cur)):
+            a, b = saved_shapes.get(name), cur.get(name)
+            if a != b:
+                raise CheckpointError(
+                    f"{ckpt}: model shape changed since this checkpoint: parameter {name} saved {a}, model has {b}"
+                )
+
+
+def load_checkpoint(
+    engine: Any,
+    ckpt_dir: str | Path,
+    *,
+    load_optimizer: bool = True,
+    expected_config: Any = None,
+    strict_data: bool = True,
+) -> LoadedCheckpoint:
+    """Restore ``engine`` and this rank's RNG states from a checkpoint (every rank calls).
+
+    ``expected_config`` (a Config or PMNetConfig) sharpens the shape check's message; the
+    parameter shapes are compared in any case. ``strict_data`` refuses a changed global batch
+    (mosaicml-streaming's elastic resumption needs the same one to continue the stream exactly).
+    """
+    ckpt = Path(ckpt_dir).resolve()
+    rank, world = _dist()
+    if not (ckpt / MANIFEST).is_file():
+        raise CheckpointError(f"{ckpt}: not a finished checkpoint ({MANIFEST} missing)")
+    meta = read_json(ckpt / META)
+    trainer_state = read_json(ckpt / TRAINER_STATE)
+    try:
+        import yaml
+
+        saved_cfg = yaml.safe_load((ckpt / CONFIG).read_text(encoding="utf-8")) or {}
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{ckpt / CONFIG}: unreadable ({err})") from None
+    _check_shapes(ckpt, meta, saved_cfg, engine, expected_config)
+
+    saved_world = int(meta.get("world_size", world))
+    universal = saved_world != world
+    if universal and not (ckpt / "universal").is_dir():
+        raise CheckpointError(
+            f"{ckpt}: saved on {saved_world} rank(s), this run has {world}; convert it first: "
+            f"python tools/convert_checkpoint.py universal {ckpt}"
+        )
+    cur_batch = int(engine.train_batch_size())
+    saved_batch = int(meta.get("train_batch_size", cur_batch))
+    if strict_data and saved_batch != cur_batch:
+        raise CheckpointError(
+            f"{ckpt}: saved with global batch {saved_batch}, this run has {cur_batch}: the data stream "
+            f"(mosaicml-streaming elastic resumption) only continues exactly with the same global batch; "
+            f"set train.global_batch_size={saved_batch}"
+        )
+
+    if universal:
+        prev = engine._config.load_universal_checkpoint
+        engine._config.load_universal_checkpoint = True
+        try:
+            path, _ = engine.load_checkpoint(
+                str(ckpt), tag="universal", load_optimizer_states=load_optimizer,
+                load_lr_scheduler_states=load_optimizer,
+            )  # fmt: skip
+        finally:
+            engine._config.load_universal_checkpoint = prev
+    else:
+        path, _ = engine.load_checkpoint(
+            str(ckpt.parent), tag=ckpt.name, load_optimizer_states=load_optimizer,
+            load_lr_scheduler_states=load_optimizer,
+        )  # fmt: skip
+    if path is None:
+        raise CheckpointError(f"{ckpt}: DeepSpeed could not load the engine state")
+
+    own = ckpt / rank_file(rank)
+    src = own if own.is_file() else ckpt / rank_file(0)
+    try:
+        rank_state = torch.load(src, map_location="cpu", weights_only=True)
+    except Exception as err:  # a corrupt pickle raises many types
+        raise CheckpointError(f"{src}: unreadable ({type(err).__name__}: {err})") from None
+    if own.is_file():
+        restore_rng_state(rank_state["rng"])
+    return LoadedCheckpoint(
+        path=ckpt,
+        trainer_state=trainer_state,
+        dataloader_state=rank_state.get("dataloader"),
+        config=saved_cfg,
+        meta=meta,
+    )
