@@ -116,6 +116,8 @@ class TrainConfig:
     "torch.compile each decoder layer."
     inject_nan_at_steps: list[int] = field(default_factory=list)
     "Test hook: make the loss NaN at these optimizer steps (to exercise skipping)."
+    stop_at_step: int = 0
+    "Stop with a checkpoint once this optimizer step is done, as if interrupted (schedule still spans max_steps; 0 = off)."
 
 
 @dataclass
@@ -312,6 +314,7 @@ def validate_config(cfg: Config, world_size: int | None = None) -> None:
             f"micro_batch_size x data-parallel size = {t.micro_batch_size} x {dp}",
         )
     need(t.grad_clip >= 0, f"train.grad_clip={t.grad_clip}: must be >= 0 (0 disables clipping)")
+    need(t.stop_at_step >= 0, f"train.stop_at_step={t.stop_at_step}: must be >= 0 (0 = off)")
     need(t.max_consecutive_skips >= 1, f"train.max_consecutive_skips={t.max_consecutive_skips}: must be >= 1")
     need(
         bool(t.run_name) and "/" not in t.run_name,

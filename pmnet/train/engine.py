@@ -1,0 +1,202 @@
+"""The DeepSpeed engine built from the typed config: JSON, parameter groups, AdamW, LR schedule.
+
+Design choices (each keeps one mechanism per concern):
+
+* The optimizer is a torch AdamW passed to DeepSpeed as a client optimizer
+  (``zero_allow_untested_optimizer``): fused on CUDA, plain on CPU, so nothing is compiled.
+* The LR is a pure function of the optimizer step, set on the param groups by the trainer
+  before every step. Nothing about it needs saving, and a skipped step cannot shift it.
+* Truncated BPTT: each of the K chunks of a sample is one DeepSpeed micro-step, so
+  DeepSpeed's ``gradient_accumulation_steps`` is ``accumulation x K`` and its 1/gas loss
+  scaling makes the update the mean over every chunk of the global batch. DeepSpeed's
+  ``train_batch_size`` therefore counts chunks, not samples.
+* Non-finite steps: :class:`GuardedAdamW` refuses to update when any rank saw a non-finite
+  gradient or loss (one all-reduced flag). DeepSpeed's own overflow check may skip first
+  (then its global norm reads inf); the trainer treats both the same.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from pmnet.config import Config, OptimConfig
+from pmnet.train.distributed import DistEnv, all_reduce_max
+
+__all__ = [
+    "FAMILIES",
+    "GuardedAdamW",
+    "accumulation_steps",
+    "build_engine",
+    "deepspeed_config",
+    "lr_at",
+    "param_family",
+    "param_groups",
+]
+
+FAMILIES = ("attention", "mlp", "memory_write", "memory_read", "anchors", "embedding", "norms")
+
+
+def param_family(name: str) -> str:
+    """Module family of a parameter, from its interchange key (MODEL.md section 7)."""
+    if "memory_embeddings" in name:
+        return "anchors"
+    if "memory_write_module" in name:
+        return "memory_write"
+    if "memory_read_module" in name:
+        return "memory_read"
+    if "self_attn" in name:
+        return "attention"
+    if ".mlp." in name:
+        return "mlp"
+    if "embed_tokens" in name or "lm_head" in name:
+        return "embedding"
+    if "norm" in name:
+        return "norms"
+    return "other"
+
+
+def _ndim(p: nn.Parameter) -> int:
+    # Under ZeRO-3 a partitioned parameter is an empty 1-D tensor; ds_shape keeps the real one.
+    shape = getattr(p, "ds_shape", None)
+    return len(shape) if shape is not None else p.dim()
+
+
+def no_weight_decay(name: str, p: nn.Parameter) -> bool:
+    """Norm weights, biases (all < 2-D) and the memory anchors are not decayed."""
+    return _ndim(p) < 2 or param_family(name) == "anchors"
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Two AdamW groups: decayed matrices, and everything that must not be decayed."""
+    decay, plain = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (plain if no_weight_decay(name, p) else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay, "name": "decay"},
+        {"params": plain, "weight_decay": 0.0, "name": "no_decay"},
+    ]
+
+
+def lr_at(step: int, total_steps: int, o: OptimConfig) -> float:
+    """LR for optimizer step ``step`` (0-based): linear warmup, then cosine / WSD / constant."""
+    if o.warmup_steps > 0 and step < o.warmup_steps:
+        return o.lr * (step + 1) / o.warmup_steps
+    floor = o.lr * o.min_lr_ratio
+    if o.schedule == "constant":
+        return o.lr
+    if o.schedule == "cosine":
+        span = max(1, total_steps - o.warmup_steps)
+        progress = min(1.0, (step - o.warmup_steps) / span)
+        return floor + (o.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    # wsd: stable at the peak, then a linear decay over the last decay_fraction of the run
+    decay_steps = max(1, round(total_steps * o.decay_fraction))
+    start = total_steps - decay_steps
+    if step < start:
+        return o.lr
+    return o.lr + (floor - o.lr) * min(1.0, (step - start + 1) / decay_steps)
+
+
+def accumulation_steps(cfg: Config, world_size: int) -> int:
+    """Micro-batches per rank per optimizer step (before multiplying by the K chunks)."""
+    return cfg.train.global_batch_size // (cfg.train.micro_batch_size * world_size)
+
+
+def deepspeed_config(cfg: Config, world_size: int) -> dict[str, Any]:
+    """The JSON DeepSpeed reads, derived from the typed config (nothing else configures it)."""
+    t, ds = cfg.train, cfg.deepspeed
+    gas = accumulation_steps(cfg, world_size) * t.tbptt_chunks
+    zero: dict[str, Any] = {
+        "stage": ds.zero_stage,
+        "overlap_comm": ds.overlap_comm,
+        "contiguous_gradients": True,
+        "reduce_bucket_size": ds.reduce_bucket_size,
+        "allgather_bucket_size": ds.allgather_bucket_size,
+    }
+    if ds.zero_stage == 3:
+        # One optimizer sub-group, so GuardedAdamW's skip decision covers the whole step.
+        zero.update(stage3_prefetch_bucket_size=ds.stage3_prefetch_bucket_size, sub_group_size=int(1e12))
+    if ds.offload_optimizer and ds.zero_stage > 0:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+    return {
+        "train_batch_size": t.micro_batch_size * gas * world_size,  # counts TBPTT chunks
+        "train_micro_batch_size_per_gpu": t.micro_batch_size,
+        "gradient_accumulation_steps": gas,
+        "gradient_clipping": float(t.grad_clip),
+        "bf16": {"enabled": t.precision == "bf16"},
+        "zero_optimization": zero,
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+        "dump_state": False,
+    }
+
+
+class GuardedAdamW(torch.optim.AdamW):
+    """AdamW that skips its update when any rank has a non-finite gradient (or was told to skip).
+
+    DeepSpeed calls ``step`` on every rank's partition at the same point, so the one flag
+    all-reduce inside it is matched on all ranks.
+    """
+
+    def __init__(self, params: Any, *, device: torch.device, **kwargs: Any) -> None:
+        super().__init__(params, **kwargs)
+        self._device = device
+        self.force_skip = False
+        "Set by the trainer before the boundary step when a loss on this rank was not finite."
+        self.skipped = False
+        "Whether the last call skipped (identical on all ranks)."
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        bad = self.force_skip
+        if grads and not bad:
+            norms = torch._foreach_norm(grads)
+            bad = not bool(torch.isfinite(torch.stack([n.float() for n in norms])).all())
+        self.skipped = all_reduce_max([float(bad)], self._device)[0] > 0
+        if self.skipped:
+            return None
+        return super().step(closure)
+
+
+def build_model(cfg: Config, ds_config: dict[str, Any]) -> nn.Module:
+    """The model; under ZeRO-3 built inside ``deepspeed.zero.Init`` so no rank holds it whole."""
+    import deepspeed
+
+    from pmnet.model import PMNetForCausalLM
+
+    torch.manual_seed(cfg.train.seed)
+    with deepspeed.zero.Init(config_dict_or_path=ds_config, enabled=cfg.deepspeed.zero_stage == 3):
+        model = PMNetForCausalLM(cfg.model)
+    model.set_activation_checkpointing(cfg.train.activation_checkpointing)
+    return model
+
+
+def build_engine(cfg: Config, model: nn.Module, env: DistEnv, ds_config: dict[str, Any]) -> tuple[Any, GuardedAdamW]:
+    """Wrap ``model`` in a DeepSpeed engine with a GuardedAdamW client optimizer."""
+    import deepspeed
+
+    o = cfg.optim
+    on_gpu = env.device.type == "cuda" and not cfg.deepspeed.offload_optimizer
+    optimizer = GuardedAdamW(
+        param_groups(model, o.weight_decay),
+        device=env.device,
+        lr=lr_at(0, cfg.train.max_steps, o),
+        betas=(o.betas[0], o.betas[1]),
+        eps=o.eps,
+        fused=True if on_gpu else None,
+    )
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config, dist_init_required=False)
+    return engine, optimizer
+
+
+def set_lr(engine: Any, lr: float) -> None:
+    """Put ``lr`` on every param group DeepSpeed's optimizer exposes (they are the client's groups)."""
+    for group in engine.optimizer.param_groups:
+        group["lr"] = lr
