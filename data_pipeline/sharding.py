@@ -92,8 +92,9 @@ def run_sharding(job: ShardJob) -> dict[str, Any]:
             old = read_json(manifest_path)
             old_state = {"settings": old.get("settings"), "inputs": old.get("input_identities")}
             if old_state == state and not job.overwrite:
-                _log(f"{out}: up to date ({old['totals']['samples']} samples); nothing to do")
                 _verify_or_raise(out, job.verify)
+                n = old["totals"]["samples"]
+                _log(f"{out}: up to date ({n['train']} train + {n['val']} val samples); nothing to do")
                 return old
             if not job.overwrite:
                 raise DataPipelineError(
