@@ -33,7 +33,7 @@ TWO_PI = 2.0 * math.pi
 
 def _no_autocast_bmm(a: Tensor, b: Tensor) -> Tensor:
     """fp32 matmul even inside an autocast region (phase scores must stay fp32)."""
-    if torch.is_autocast_enabled(a.device.type):
+    if a.device.type != "meta" and torch.is_autocast_enabled(a.device.type):
         with torch.autocast(device_type=a.device.type, enabled=False):
             return torch.matmul(a.float(), b.float())
     return torch.matmul(a, b)

@@ -1,0 +1,137 @@
+"""The public API other packages code against: diagnostics, loss, checkpointing, dtypes, imports."""
+
+from __future__ import annotations
+
+import ast
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+import pmnet.model as pm
+from pmnet.model import PMNetForCausalLM, PMNetState, lm_loss
+from tests.model.model_helpers import build, random_ids, three_level_cfg, tiny_cfg
+
+MODEL_DIR = Path(pm.__file__).parent
+
+
+def test_no_deepspeed_or_distributed_imports() -> None:
+    # every import statement (AST, so docstrings that name them do not count) and any dynamic import
+    offenders = []
+    for p in MODEL_DIR.glob("*.py"):
+        text = p.read_text()
+        for node in ast.walk(ast.parse(text)):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            offenders += [f"{p.name}: {n}" for n in names if n.startswith(("deepspeed", "torch.distributed"))]
+            if isinstance(node, ast.Attribute) and node.attr == "distributed":
+                offenders.append(f"{p.name}: .distributed")
+        if "import_module" in text or "__import__" in text:
+            offenders.append(f"{p.name}: dynamic import")
+    assert offenders == []
+
+
+def test_files_are_short_and_documented() -> None:
+    for p in MODEL_DIR.glob("*.py"):
+        text = p.read_text()
+        assert len(text.splitlines()) < 600, p.name
+        assert text.lstrip().startswith('"""'), f"{p.name} has no module docstring"
+
+
+def test_public_names() -> None:
+    for name in ("PMNetConfig", "PMNetForCausalLM", "PMNetState", "save_pretrained", "load_pretrained", "lm_loss"):
+        assert hasattr(pm, name)
+
+
+def test_diagnostics() -> None:
+    cfg = three_level_cfg()
+    model = build(cfg, sharpen=4.0)
+    logits, state = model(random_ids(2, 40), collect_diagnostics=True)
+    diag = state.diagnostics
+    assert set(diag) == {
+        f"memory/level{k}/{n}" for k in range(3) for n in ("routing_entropy", "groups_used", "phase_increment")
+    }
+    for key, value in diag.items():
+        assert value.dim() == 0 and not value.requires_grad, key
+    for k in range(3):
+        assert 0 <= diag[f"memory/level{k}/routing_entropy"] <= math.log(cfg.num_memory) + 1e-5
+        assert 0 < diag[f"memory/level{k}/groups_used"] <= 1
+        assert diag[f"memory/level{k}/phase_increment"] > 0
+    assert model(random_ids(2, 10))[1].diagnostics is None
+
+
+def test_lm_loss_ignores_pad_and_is_fp32() -> None:
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, 384, generator=g).bfloat16()
+    targets = torch.tensor([[1, 2, 0, 3, 0], [0, 0, 7, 8, 9]])
+    loss = lm_loss(logits, targets)
+    keep = targets != 0
+    expect = torch.nn.functional.cross_entropy(logits.float()[keep], targets[keep])
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(expect.item(), rel=1e-6)
+    assert lm_loss(logits, torch.zeros_like(targets)).item() == 0.0
+
+
+def test_activation_checkpointing_same_loss_and_grads_with_dropout_and_state() -> None:
+    model = build(tiny_cfg(attention_dropout=0.2), sharpen=3.0).train()
+    ids = random_ids(2, 60)
+    results = []
+    for enabled in (False, True):
+        model.set_activation_checkpointing(enabled)
+        model.zero_grad()
+        torch.manual_seed(7)
+        _, state = model(ids[:, :30])
+        logits, _ = model(ids[:, 30:], state)  # state carried with its graph
+        loss = lm_loss(logits[:, :-1], ids[:, 31:])
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    (l0, g0), (l1, g1) = results
+    assert torch.equal(l0, l1)
+    for a, b in zip(g0, g1):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_bf16_model_keeps_phases_fp32() -> None:
+    model = build(tiny_cfg()).to(torch.bfloat16).eval()
+    with torch.no_grad():
+        logits, state = model(random_ids(2, 30))
+        logits2, state2 = model(random_ids(2, 30), state)
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits2.float()).all()
+    assert all(p.dtype == torch.float32 for p in state2.group_phases)
+    assert state2.keys[0].dtype == torch.bfloat16
+
+
+def test_state_to_and_detach() -> None:
+    model = build(tiny_cfg())
+    _, state = model(random_ids(2, 20), collect_diagnostics=True)
+    moved = state.to("cpu").detach()
+    assert isinstance(moved, PMNetState) and moved.position == 20
+    assert all(not t.requires_grad for t in moved.group_phases)
+    assert state.group_phases[0].requires_grad  # the original is untouched
+
+
+def test_decoder_layer_traces_without_graph_breaks() -> None:
+    # the fast path has static shapes only: dynamo captures a whole decoder layer in one graph
+    model = build(tiny_cfg(attn_backend="sdpa"))
+    layer = model.model.layers[0]
+    b, t, cfg = 2, 24, model.config
+    from pmnet.model.layers import rope_cos_sin
+
+    cos, sin = rope_cos_sin(0, t, cfg.head_dim, cfg.rope_theta, torch.device("cpu"))
+    args = (
+        torch.randn(b, t, cfg.hidden_size), cos, sin, None, None,
+        torch.zeros(b, t, cfg.num_memory, cfg.memory_size), torch.zeros(b, t, dtype=torch.long),
+        model.model.memory_embeddings[0], torch.zeros(b, 1, cfg.num_memory, cfg.memory_size),
+    )  # fmt: skip
+    eager = layer(*args)
+    compiled = torch.compile(layer, backend="eager", fullgraph=True)(*args)
+    assert torch.equal(eager[0], compiled[0]) and torch.equal(eager[4], compiled[4])
+
+
+def test_invalid_config_is_refused() -> None:
+    with pytest.raises(ValueError, match="memory_write_period"):
+        PMNetForCausalLM(tiny_cfg(memory_write_period=3))
