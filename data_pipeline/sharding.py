@@ -15,10 +15,14 @@ onto ``OUT`` at the end (the old output, with ``--overwrite``, is moved aside fi
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import fcntl
 import multiprocessing as mp
 import os
 import queue
 import shutil
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -45,6 +49,7 @@ from data_pipeline.writer import SPLITS, WorkUnit, discard_unit, merge_split_ind
 __all__ = ["ShardJob", "run_sharding", "staging_dir"]
 
 _PROGRESS_EVERY_BYTES = 1 << 20
+_LOCK_WAIT_S = 10.0  # a killed run's workers may need a moment to die and release the lock
 
 
 @dataclass
@@ -83,9 +88,47 @@ def run_sharding(job: ShardJob) -> dict[str, Any]:
         if out == path or out in path.parents:
             raise DataPipelineError(f"--output {job.output}: contains the input {path}")
     state = {"settings": settings.to_dict(), "inputs": [input_identity(p) for p in inputs]}
-    staging = staging_dir(out)
+    # Refusals and "up to date" are decided read-only, before even the lock file is created.
+    done = _preflight(job, out, state)
+    if done is not None:
+        return done
+    with _exclusive(out):
+        done = _preflight(job, out, state)  # again: another run may have finished meanwhile
+        if done is not None:
+            return done
+        return _run_locked(job, inputs, out, state)
 
-    # Decide, before writing anything, whether this is: up to date, a refusal, or work to do.
+
+@contextlib.contextmanager
+def _exclusive(out: Path):  # type: ignore[no-untyped-def]
+    """One run per output at a time: an flock on the sibling ``.OUT.lock`` (never deleted).
+
+    The kernel drops it when the holder dies, so a crashed run never blocks the next one.
+    """
+    lock_path = out.parent / f".{out.name}.lock"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise DataPipelineError(f"--output {out}: cannot write ({err.strerror or err})") from None
+    try:
+        deadline = time.monotonic() + _LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise DataPipelineError(f"--output {out}: another shard_dataset run is writing it") from None
+                time.sleep(0.1)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _preflight(job: ShardJob, out: Path, state: dict[str, Any]) -> dict[str, Any] | None:
+    """Without writing anything: the manifest if up to date, a refusal, or None (work to do)."""
+    staging = staging_dir(out)
     if out.exists():
         manifest_path = out / MANIFEST_NAME
         if manifest_path.exists():
@@ -111,16 +154,23 @@ def run_sharding(job: ShardJob) -> dict[str, Any]:
     if staging.exists():
         settings_path = staging / "settings.json"
         old_state = read_json(settings_path) if settings_path.exists() else {}
-        if old_state != state:
-            if not job.overwrite:
-                raise DataPipelineError(
-                    f"an interrupted run with other settings is in {staging} "
-                    f"({describe_differences(old_state, state)}); use --overwrite to discard it"
-                )
-            shutil.rmtree(staging)
+        if old_state != state and not job.overwrite:
+            raise DataPipelineError(
+                f"an interrupted run with other settings is in {staging} "
+                f"({describe_differences(old_state, state)}); use --overwrite to discard it"
+            )
+    return None
+
+
+def _run_locked(job: ShardJob, inputs: list[Path], out: Path, state: dict[str, Any]) -> dict[str, Any]:
+    settings = job.settings
+    staging = staging_dir(out)
+    if staging.exists():
+        settings_path = staging / "settings.json"
+        if not settings_path.exists() or read_json(settings_path) != state:
+            shutil.rmtree(staging)  # only reached with --overwrite (_preflight refuses otherwise)
 
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
         for sub in ("units", "partial", *SPLITS):
             (staging / sub).mkdir(parents=True, exist_ok=True)
         write_json_atomic(staging / "settings.json", state)
@@ -217,6 +267,12 @@ _worker_q: Any = None
 def _init_worker(q: Any) -> None:
     global _worker_q
     _worker_q = q
+    # Die with the parent: an orphaned worker of a killed run would keep writing into staging
+    # while the rerun redoes the same unit. PR_SET_PDEATHSIG = 1 (Linux).
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+    if os.getppid() == 1:  # the parent already died between fork and prctl
+        os._exit(1)
 
 
 def _worker_unit(unit: WorkUnit, settings: ShardSettings, staging: Path) -> dict[str, Any]:

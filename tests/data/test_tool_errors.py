@@ -1,0 +1,150 @@
+"""Bad inputs and options: one line on stderr, exit 2, no traceback, existing output untouched.
+
+Most cases call the CLI's ``main()`` in this process (each subprocess costs seconds of imports
+on 2 cores); two go through a real subprocess to show what a user sees.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.data.helpers import TOOL, run_tool, tree_snapshot, write_fineweb_parquet
+
+_spec = importlib.util.spec_from_file_location("shard_dataset_cli", TOOL)
+assert _spec and _spec.loader
+cli = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(cli)
+
+
+@pytest.fixture
+def good(shared_data: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A real jsonl input and a finished output made from it."""
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(shared_data / "web" / "cc_en_head-0174.jsonl", src / "cc.jsonl")
+    out = tmp_path / "out"
+    assert cli.main(["--input", str(src), "--output", str(out), "--no-progress"]) == 0
+    return src, out
+
+
+def refused(
+    argv: list[str], capsys: pytest.CaptureFixture[str], out: Path, match: str, scope: Path | None = None
+) -> None:
+    """Run the CLI, expect one error line containing ``match`` and ``scope`` (default: the
+    output's parent, so no staging either) unchanged."""
+    scope = scope or out.parent
+    before = tree_snapshot(scope)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) if any(a.startswith("--bogus") for a in argv) else _nullcontext():
+        code = cli.main([*argv, "--no-progress"])
+        assert code == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("shard_dataset: error: ") and match in lines[0], lines[0]
+    assert "Traceback" not in err
+    assert tree_snapshot(scope) == before  # nothing written, nothing removed
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+@pytest.mark.timeout(180)
+def test_each_bad_input_is_one_line_and_leaves_output_untouched(
+    good: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src, out = good
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    args = ["--output", str(out)]
+
+    refused(["--input", str(bad / "missing.jsonl"), *args], capsys, out, "no such file or directory")
+    refused(["--input", str(bad / "*.parquet"), *args], capsys, out, "the glob matches no supported file")
+    (bad / "notes.csv").write_text("a,b\n")
+    refused(["--input", str(bad / "notes.csv"), *args], capsys, out, "unsupported file type")
+
+    write_fineweb_parquet(bad / "ok.parquet", ["real text is elsewhere; this file only lacks a column"])
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(bad / "ok.parquet").drop_columns(["text"])
+    pq.write_table(table, bad / "no_text.parquet")
+    refused(["--input", str(bad / "no_text.parquet"), *args], capsys, out, "parquet has no 'text' column")
+
+    (bad / "no_text.jsonl").write_text('{"content": "a record without the text field"}\n')
+    refused(["--input", str(bad / "no_text.jsonl"), *args], capsys, out, "record has no string 'text' field")
+
+    (bad / "broken.jsonl.gz").write_bytes(gzip.compress(b'{"text": "x"}\n')[:-12])  # truncated gzip
+    refused(["--input", str(bad / "broken.jsonl.gz"), *args], capsys, out, "broken.jsonl.gz")
+
+    if os.geteuid() != 0:  # root reads anything, so permissions cannot make a file unreadable
+        locked = bad / "locked.jsonl"
+        shutil.copy(src / "cc.jsonl", locked)
+        locked.chmod(0)
+        refused(["--input", str(locked), *args], capsys, out, "not readable")
+
+    # A different setting on an existing output, without --overwrite.
+    refused(["--input", str(src), *args, "--sample-bytes", "4097"], capsys, out, "written with other settings")
+    # An existing directory that is not a shard output.
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("mine")
+    refused(["--input", str(src), "--output", str(foreign)], capsys, foreign, "not a shard_dataset output")
+
+
+@pytest.mark.timeout(120)
+def test_invalid_options(good: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    src, out = good
+    base = ["--input", str(src), "--output", str(out)]
+    refused([*base, "--sample-bytes", "1"], capsys, out, "--sample-bytes 1: must be >= 2")
+    refused([*base, "--val-fraction", "1.5"], capsys, out, "--val-fraction 1.5: must be in [0, 1)")
+    refused([*base, "--workers", "0"], capsys, out, "--workers 0: must be >= 1")
+    refused([*base, "--min-chars", "-3"], capsys, out, "--min-chars -3: must be >= 0")
+    refused([*base, "--bogus-flag"], capsys, out, "unrecognized arguments: --bogus-flag")
+
+
+@pytest.mark.timeout(120)
+def test_bad_record_mid_file_keeps_old_output(
+    good: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found only while sharding (line 7): the run fails, the old output is still whole."""
+    src, out = good
+    lines = (src / "cc.jsonl").read_text().splitlines()
+    lines[6] = '{"text": "cut off'
+    (src / "cc.jsonl").write_text("\n".join(lines) + "\n")
+    refused(["--input", str(src), "--output", str(out), "--overwrite"], capsys, out, "line 7: not valid JSON", out)
+    # The failed attempt stays in staging (a rerun resumes or discards it), never in the output.
+    assert (tmp_path / ".out.partial").is_dir()
+
+
+@pytest.mark.timeout(120)
+def test_real_subprocess_errors_and_overwrite(good: tuple[Path, Path], tmp_path: Path) -> None:
+    src, out = good
+    before = tree_snapshot(out)
+    res = run_tool("--input", tmp_path / "nope.parquet", "--output", out)
+    assert res.returncode == 2 and res.stdout == ""
+    assert res.stderr.strip().splitlines() == [
+        f"shard_dataset: error: input '{tmp_path / 'nope.parquet'}': no such file or directory"
+    ]
+    res = run_tool("--input", src, "--output", out, "--min-chars", "100")
+    assert res.returncode == 2 and "min_chars 0 -> 100" in res.stderr and len(res.stderr.splitlines()) == 1
+    assert tree_snapshot(out) == before
+    # Same command as the one that made it: up to date, untouched.
+    res = run_tool("--input", src, "--output", out)
+    assert res.returncode == 0 and "up to date" in res.stderr and tree_snapshot(out) == before
+    # --overwrite replaces it with the new settings.
+    res = run_tool("--input", src, "--output", out, "--min-chars", "100", "--overwrite")
+    assert res.returncode == 0, res.stderr
+    assert '"min_chars": 100' in (out / "manifest.json").read_text()
+    # No staging or old copy left behind (only the empty lock file .out.lock stays).
+    assert [p.name for p in out.parent.glob(".out.*")] == [".out.lock"]
