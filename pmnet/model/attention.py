@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -34,25 +35,21 @@ def window_mask(t_q: int, n_past: int, window: int, device: torch.device) -> Ten
     return (kj <= qi) & (kj > qi - window)
 
 
-def eager_attention(q: Tensor, k: Tensor, v: Tensor, n_past: int, window: int, dropout_p: float) -> Tensor:
-    """Reference: fp32 scores ``[B, H, T, n_past+T]``, masked softmax, dropout, values."""
-    scale = q.shape[-1] ** -0.5
-    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale  # [B, H, T, Tk]
-    mask = window_mask(q.shape[-2], n_past, window, q.device)
-    scores = scores.masked_fill(~mask, float("-inf"))
-    probs = torch.softmax(scores, dim=-1)
-    if dropout_p > 0.0:
-        probs = F.dropout(probs, p=dropout_p, training=True)
-    return torch.matmul(probs, v.float()).to(q.dtype)  # [B, H, T, hd]
+@dataclass
+class AttentionMask:
+    """The window of one forward call, built once and shared by every layer (all carry n_past keys)."""
+
+    backend: str
+    "Backend that runs: cfg.attn_backend, or sdpa where flex cannot (dropout, CPU backward)."
+    n_past: int
+    "Carried keys in front of the chunk's own."
+    dense: Tensor | None = None
+    "[T, n_past + T] bool (eager, sdpa)."
+    block: Any = None
+    "flex BlockMask (flex)."
 
 
-def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, n_past: int, window: int, dropout_p: float) -> Tensor:
-    """``scaled_dot_product_attention`` with the boolean window mask."""
-    mask = window_mask(q.shape[-2], n_past, window, q.device)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=q.shape[-1] ** -0.5)
-
-
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=32)
 def _block_mask(t_q: int, n_past: int, window: int, device: torch.device) -> Any:
     from torch.nn.attention.flex_attention import create_block_mask
 
@@ -60,7 +57,55 @@ def _block_mask(t_q: int, n_past: int, window: int, device: torch.device) -> Any
         rel = kv_idx - n_past
         return (rel <= q_idx) & (rel > q_idx - window)
 
-    return create_block_mask(mask_mod, None, None, t_q, n_past + t_q, device=device)
+    # compiled mask construction on CUDA never materialises the [T, n_past + T] mask
+    return create_block_mask(mask_mod, None, None, t_q, n_past + t_q, device=device, _compile=device.type == "cuda")
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(msg: str) -> None:
+    if msg not in _warned:
+        _warned.add(msg)
+        warnings.warn(msg, stacklevel=3)
+
+
+def build_attention_mask(
+    cfg: PMNetConfig, t_q: int, n_past: int, device: torch.device, training: bool
+) -> AttentionMask:
+    """Pick the backend that can run this call and build its mask once.
+
+    flex_attention has no dropout, so a training call with attention_dropout > 0 runs sdpa
+    (the 119M preset's 0.1 keeps its meaning); on CPU flex has no backward, so a call that
+    needs gradients runs sdpa too. Both are warned once.
+    """
+    backend = cfg.attn_backend
+    if backend == "flex":
+        if training and cfg.attention_dropout > 0:
+            _warn_once("flex_attention has no dropout: using sdpa while attention_dropout > 0 in training")
+            backend = "sdpa"
+        elif device.type != "cuda" and torch.is_grad_enabled():
+            _warn_once("flex_attention has no CPU backward: using sdpa for differentiable CPU calls")
+            backend = "sdpa"
+    if backend == "flex":
+        return AttentionMask(backend, n_past, block=_block_mask(t_q, n_past, cfg.sliding_window, device))
+    return AttentionMask(backend, n_past, dense=window_mask(t_q, n_past, cfg.sliding_window, device))
+
+
+def eager_attention(q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask, dropout_p: float) -> Tensor:
+    """Reference: fp32 scores ``[B, H, T, n_past+T]``, masked softmax, dropout, values."""
+    scale = q.shape[-1] ** -0.5
+    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale  # [B, H, T, Tk]
+    scores = scores.masked_fill(~mask.dense, float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    if dropout_p > 0.0:
+        probs = F.dropout(probs, p=dropout_p, training=True)
+    return torch.matmul(probs, v.float()).to(q.dtype)  # [B, H, T, hd]
+
+
+def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask, dropout_p: float) -> Tensor:
+    """``scaled_dot_product_attention`` with the boolean window mask."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.dense, dropout_p=dropout_p, scale=q.shape[-1] ** -0.5)
 
 
 @functools.cache
@@ -70,41 +115,17 @@ def _compiled_flex() -> Any:
     return torch.compile(flex_attention, dynamic=False)
 
 
-_warned_flex_dropout = False
-_warned_flex_cpu_grad = False
-
-
-def flex_attention_backend(q: Tensor, k: Tensor, v: Tensor, n_past: int, window: int, dropout_p: float) -> Tensor:
-    """``flex_attention`` with a sliding-window block mask (compiled on CUDA, unfused eager on CPU).
-
-    flex_attention has no dropout: with dropout on (training) this call falls back to
-    sdpa, once warned, so the 119M preset's attention_dropout=0.1 still means what it says.
-    On CPU flex has no backward: a differentiable CPU call also falls back to sdpa (warned once).
-    """
-    global _warned_flex_dropout, _warned_flex_cpu_grad
-    if dropout_p > 0.0:
-        if not _warned_flex_dropout:
-            warnings.warn(
-                "flex_attention has no dropout: using sdpa while attention_dropout > 0 in training", stacklevel=2
-            )
-            _warned_flex_dropout = True
-        return sdpa_attention(q, k, v, n_past, window, dropout_p)
-    block_mask = _block_mask(q.shape[-2], n_past, window, q.device)
-    scale = q.shape[-1] ** -0.5
-    if q.is_cuda:
-        return _compiled_flex()(q, k, v, block_mask=block_mask, scale=scale)
-    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
-        if not _warned_flex_cpu_grad:
-            warnings.warn(
-                "flex_attention has no CPU backward: using sdpa for this differentiable CPU call", stacklevel=2
-            )
-            _warned_flex_cpu_grad = True
-        return sdpa_attention(q, k, v, n_past, window, dropout_p)
+def flex_attention_backend(q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask, dropout_p: float) -> Tensor:
+    """``flex_attention`` with the sliding-window block mask: compiled on CUDA (inlined when the
+    caller is already being compiled), torch's unfused version on CPU (inference only)."""
     from torch.nn.attention.flex_attention import flex_attention
 
+    scale = q.shape[-1] ** -0.5
+    if q.is_cuda and not torch.compiler.is_compiling():
+        return _compiled_flex()(q, k, v, block_mask=mask.block, scale=scale)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "called without torch.compile": expected on CPU
-        return flex_attention(q, k, v, block_mask=block_mask, scale=scale)
+        return flex_attention(q, k, v, block_mask=mask.block, scale=scale)
 
 
 BACKENDS = {"eager": eager_attention, "sdpa": sdpa_attention, "flex": flex_attention_backend}
@@ -125,7 +146,7 @@ class PMNetAttention(nn.Module):
         self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps)
 
     def forward(
-        self, x: Tensor, cos: Tensor, sin: Tensor, past_k: Tensor | None, past_v: Tensor | None
+        self, x: Tensor, cos: Tensor, sin: Tensor, past_k: Tensor | None, past_v: Tensor | None, mask: AttentionMask
     ) -> tuple[Tensor, Tensor, Tensor]:
         """x [B, T, d] -> (out [B, T, d], new past keys, new past values [B, H, <=W-1, hd])."""
         cfg = self.cfg
@@ -136,17 +157,17 @@ class PMNetAttention(nn.Module):
         v = self.v_proj(x).view(shape).transpose(1, 2)
         q = apply_rope(q, cos, sin)
         k = apply_rope(k, cos, sin)
-        if past_k is not None and past_k.shape[-2] > 0:
-            n_past = past_k.shape[-2]
+        if mask.n_past > 0:
+            assert past_k is not None and past_v is not None and past_k.shape[-2] == mask.n_past
             k_all = torch.cat([past_k.to(k.dtype), k], dim=-2)  # [B, H, n_past+T, hd]
             v_all = torch.cat([past_v.to(v.dtype), v], dim=-2)
         else:
-            n_past, k_all, v_all = 0, k, v
+            k_all, v_all = k, v
         dropout_p = cfg.attention_dropout if self.training else 0.0
-        out = BACKENDS[cfg.attn_backend](q, k_all, v_all, n_past, cfg.sliding_window, dropout_p)
+        out = BACKENDS[mask.backend](q, k_all, v_all, mask, dropout_p)
         out = out.transpose(1, 2).reshape(b, t, cfg.attn_width)
-        keep = cfg.sliding_window - 1
+        keep = min(cfg.sliding_window - 1, k_all.shape[-2])
         # clone: a slice would keep the whole chunk's keys alive, and the state must stay W-1 long
-        new_k = k_all[:, :, k_all.shape[-2] - min(keep, k_all.shape[-2]) :].clone()
-        new_v = v_all[:, :, v_all.shape[-2] - min(keep, v_all.shape[-2]) :].clone()
+        new_k = k_all[:, :, k_all.shape[-2] - keep :].clone()
+        new_v = v_all[:, :, v_all.shape[-2] - keep :].clone()
         return self.o_proj(out), new_k, new_v

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from pmnet.model.attention import PMNetAttention
+from pmnet.model.attention import AttentionMask, PMNetAttention, build_attention_mask
 from pmnet.model.config import PMNetConfig
 from pmnet.model.layers import RMSNorm, SwiGLU, rope_cos_sin
 from pmnet.model.memory import (
@@ -77,6 +77,7 @@ class PMNetDecoderLayer(nn.Module):
         h: Tensor,
         cos: Tensor,
         sin: Tensor,
+        mask: AttentionMask,
         past_k: Tensor | None,
         past_v: Tensor | None,
         phase: Tensor | None,
@@ -87,12 +88,12 @@ class PMNetDecoderLayer(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None, dict[str, Tensor]]:
         """One layer.
 
-        h [B, T, d]; cos/sin [T, hd]; past_k/v [B, H, <=W-1, hd]; phase Phi [B, T, N, M] fp32;
+        h [B, T, d]; cos/sin [T, hd]; mask: the chunk's attention window; past_k/v [B, H, <=W-1, hd]; phase Phi [B, T, N, M] fp32;
         group [B, T] level-k ids; anchors E_k [G, N, M] or None (zeroed); carried [B, G, N, M]
         (write layers). Returns (h, new_k, new_v, Phi, child group or None, new group state
         or None, diagnostics).
         """
-        attn_out, new_k, new_v = self.self_attn(self.input_layernorm(h), cos, sin, past_k, past_v)
+        attn_out, new_k, new_v = self.self_attn(self.input_layernorm(h), cos, sin, past_k, past_v, mask)
         h = h + attn_out
         child = state = None
         diag: dict[str, Tensor] = {}
@@ -137,6 +138,8 @@ class PMNetModel(nn.Module):
         b, t = ids.shape
         h = self.embed_tokens(ids)  # [B, T, d]
         cos, sin = rope_cos_sin(state.position, t, cfg.head_dim, cfg.rope_theta, ids.device)
+        n_past = state.keys[0].shape[-2] if state.keys else 0
+        mask = build_attention_mask(cfg, t, n_past, ids.device, self.training)
         phase = group = child = None
         if cfg.use_memory:
             phase = torch.zeros(b, t, cfg.num_memory, cfg.memory_size, device=ids.device)  # Phi, fp32
@@ -154,7 +157,7 @@ class PMNetModel(nn.Module):
                 anchors = None if level in zeroed else self.memory_embeddings[level]
             past_k = state.keys[i] if state.keys else None
             past_v = state.values[i] if state.values else None
-            args = (h, cos, sin, past_k, past_v, phase, group, anchors, carried, collect)
+            args = (h, cos, sin, mask, past_k, past_v, phase, group, anchors, carried, collect)
             if use_ckpt:
                 out = checkpoint(layer, *args, use_reentrant=False)
             else:

@@ -119,11 +119,13 @@ def test_decoder_layer_traces_without_graph_breaks() -> None:
     model = build(tiny_cfg(attn_backend="sdpa"))
     layer = model.model.layers[0]
     b, t, cfg = 2, 24, model.config
+    from pmnet.model.attention import build_attention_mask
     from pmnet.model.layers import rope_cos_sin
 
     cos, sin = rope_cos_sin(0, t, cfg.head_dim, cfg.rope_theta, torch.device("cpu"))
+    mask = build_attention_mask(cfg, t, 0, torch.device("cpu"), training=True)
     args = (
-        torch.randn(b, t, cfg.hidden_size), cos, sin, None, None,
+        torch.randn(b, t, cfg.hidden_size), cos, sin, mask, None, None,
         torch.zeros(b, t, cfg.num_memory, cfg.memory_size), torch.zeros(b, t, dtype=torch.long),
         model.model.memory_embeddings[0], torch.zeros(b, 1, cfg.num_memory, cfg.memory_size),
     )  # fmt: skip
