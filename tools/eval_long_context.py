@@ -124,6 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         lines += ["", lc.format_table(["ablation", "cumulative extra bits", "mean BPB change"], diff_rows)]
     text = "\n".join(lines)
     Path(f"{stem}_summary.md").write_text(text + "\n", encoding="utf-8")
+    rows = lc.summary_rows(runs)
     summary = {
         "checkpoint": str(args.ckpt),
         "max_bytes": args.max_bytes,
@@ -133,13 +134,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "runs": {
             r.label: {
                 "mean_bpb": r.mean_bpb,
-                "ranges": {row[0]: float(row[1 + i]) for row in lc.summary_rows(runs)[:-1] for i in [runs.index(r)]},
+                "ranges": {row[0]: float(row[1 + i]) for row in rows[:-1]},
                 "seconds": r.seconds,
                 "bytes_per_second": r.bytes_per_second,
                 "peak_memory_bytes": {str(k): v for k, v in r.peak_memory.items()},
                 "memory_kind": r.memory_kind,
             }
-            for r in runs
+            for i, r in enumerate(runs)
         },
     }
     Path(f"{stem}.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

@@ -102,23 +102,22 @@ def load_model(
 ) -> tuple[torch.nn.Module, Any]:
     """Load ``path`` for inference: ``(model in eval mode on device, PMNetConfig)``.
 
-    ``attn_backend`` overrides the saved one (``sdpa`` on CPU, ``flex`` on GPU are the fast
-    choices); ``dtype`` is fp32 or bf16 (the model keeps its phase math in fp32).
+    ``attn_backend`` defaults to ``flex`` on GPU and ``sdpa`` on CPU (the interchange format
+    does not store it); ``dtype`` is fp32 or bf16 (the model keeps its phase math in fp32).
     """
-    from pmnet.model import load_pretrained
+    from pmnet.model import InterchangeError, load_pretrained
 
     if dtype not in _DTYPES:
         raise EvalError(f"--dtype {dtype!r}: choose fp32 or bf16")
+    device = torch.device(device)
+    if attn_backend is None:
+        # flex (block-sparse sliding window) on GPU; sdpa computes the same on CPU, where flex cannot run
+        attn_backend = "flex" if device.type == "cuda" else "sdpa"
     ckpt = resolve_checkpoint(path)
     try:
-        model, cfg = load_pretrained(ckpt)
-    except (ValueError, KeyError, OSError) as err:
+        model, cfg = load_pretrained(ckpt, attn_backend=attn_backend)
+    except (InterchangeError, ValueError, KeyError, OSError) as err:
         raise EvalError(f"cannot load {ckpt}: {err}") from None
-    device = torch.device(device)
-    if attn_backend is None and device.type == "cpu" and cfg.attn_backend == "flex":
-        attn_backend = "sdpa"  # flex attention needs a GPU; sdpa computes the same thing
-    if attn_backend is not None and attn_backend != cfg.attn_backend:
-        model, cfg = make_variant(model, cfg, attn_backend=attn_backend)
     model = model.to(device=device, dtype=_DTYPES[dtype]).eval()
     return model, cfg
 

@@ -34,7 +34,8 @@ def plot_bpb_curves(
     for i, (label, bpb, ma) in enumerate(curves):
         pos = np.arange(1, len(bpb) + 1)
         color = f"C{i}"
-        ax.plot(pos, bpb, color=color, alpha=0.15, linewidth=0.4)
+        if i == 0:  # the raw per-byte curve of the first model only: several would hide the averages
+            ax.plot(pos, bpb, color=color, alpha=0.08, linewidth=0.3, label=f"{label} (per byte)")
         ax.plot(pos, ma, color=color, linewidth=1.8, label=f"{label} (moving avg {window} B)" if window else label)
     ax.set_xscale("log")
     ax.set_xlabel("position in book (bytes)")
