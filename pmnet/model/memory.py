@@ -7,6 +7,15 @@ section 7); the arithmetic lives in ``phasor_fast.py`` and, as the slow oracle, 
 Per byte position t the forward carries a group id g_t (level-k group, [B, T] int64)
 and a phase tensor Phi_t ([B, T, N, M] fp32). A layer of level k sees the angles
 ``phi = Phi + E_k[g]`` (anchors of the byte's current group).
+
+Where MODEL.md leaves a layout open, this is our reading (and the released format's
+natural one):
+* slot features are ``[sin phi, cos phi]`` concatenated on the last dim (sin first);
+* the read's ``proj_q`` output [R*M] is R heads of M (head-major), and ``proj_kv``'s
+  output [2*R*M] is all R keys (head-major) followed by all R values;
+* a write layer updates Phi before that layer's read, so the read at layer kP already
+  sees the level-k increment, still with the level-k anchors (routing to the child
+  group takes effect from layer (k+1)P on).
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ M phases, R read heads, K levels, G = N**k groups of level k, V vocabulary rows.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -222,6 +223,16 @@ class PMNetForCausalLM(nn.Module):
     def set_activation_checkpointing(self, enabled: bool) -> None:
         """Recompute each decoder layer in backward (torch.utils.checkpoint, non-reentrant)."""
         self.model.gradient_checkpointing = bool(enabled)
+
+    def compile_layers(self, **compile_kwargs: Any) -> None:
+        """``torch.compile`` every decoder layer in place (``nn.Module.compile``: state_dict keys unchanged).
+
+        Defaults to ``fullgraph=True``: the fast path has static shapes only, so a graph
+        break is a bug, not a slowdown to live with.
+        """
+        compile_kwargs.setdefault("fullgraph", True)
+        for layer in self.model.layers:
+            layer.compile(**compile_kwargs)
 
     def init_state(self, batch_size: int, device: torch.device | str | None = None) -> PMNetState:
         """Fresh state for ``batch_size`` new streams: zero phases, empty windows, position 0."""

@@ -40,13 +40,14 @@ def _no_autocast_bmm(a: Tensor, b: Tensor) -> Tensor:
 
 
 def phase_scores(q: Tensor, key: Tensor) -> Tensor:
-    """``sum_j cos(q_j - key_n,j)`` for every slot n, as a matmul.
+    """``sum_j cos(q_j - key_n,j)`` for every slot n, as matmuls.
 
-    q [..., M] and key [..., N, M] (same leading dims, fp32) -> [..., N].
+    q [..., M] and key [..., N, M] (same leading dims, fp32) -> [..., N]. Two products
+    (cos.cos + sin.sin) rather than one over concatenated features: no [..., N, 2M] copy.
     """
-    qf = torch.cat([torch.cos(q), torch.sin(q)], dim=-1)  # [..., 2M]
-    kf = torch.cat([torch.cos(key), torch.sin(key)], dim=-1)  # [..., N, 2M]
-    return _no_autocast_bmm(kf, qf.unsqueeze(-1)).squeeze(-1)  # [..., N]
+    qc, qs = torch.cos(q).unsqueeze(-1), torch.sin(q).unsqueeze(-1)  # [..., M, 1]
+    out = _no_autocast_bmm(torch.cos(key), qc) + _no_autocast_bmm(torch.sin(key), qs)  # [..., N, 1]
+    return out.squeeze(-1)
 
 
 def segmented_prefix_sum(delta: Tensor, group: Tensor, carried: Tensor) -> tuple[Tensor, Tensor]:
