@@ -115,7 +115,7 @@ class TrainConfig:
     compile: bool = False
     "torch.compile each decoder layer."
     inject_nan_at_steps: list[int] = field(default_factory=list)
-    "Test hook: make the loss NaN at these optimizer steps (to exercise skipping)."
+    "Test hook: make the last rank's loss NaN at these optimizer steps (1-based; every rank must then skip)."
     stop_at_step: int = 0
     "Stop with a checkpoint once this optimizer step is done, as if interrupted (schedule still spans max_steps; 0 = off)."
 

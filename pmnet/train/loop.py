@@ -143,7 +143,8 @@ class Trainer:
         set_lr(engine, lr)
         self.optimizer.force_skip = False
         self.optimizer.skipped = False
-        inject = (step + 1) in self._inject
+        # only the last rank's loss goes bad: the skip must still be taken by every rank
+        inject = (step + 1) in self._inject and self.env.rank == self.env.world_size - 1
         t0 = time.perf_counter()
         data_time = 0.0
         loss_sum = torch.zeros((), dtype=torch.float32, device=dev)

@@ -1,0 +1,77 @@
+"""Fast checks of the engine's pure parts: LR schedules, parameter groups and families, the
+DeepSpeed JSON (accumulation with K chunks), and the launcher's --dry-run / one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from pmnet.config import load_config
+from pmnet.model import PMNetConfig, PMNetForCausalLM
+from pmnet.train.engine import FAMILIES, deepspeed_config, lr_at, no_weight_decay, param_family, param_groups
+from tests.train.conftest import REPO, launch_env
+
+
+def _cfg(*overrides: str):
+    return load_config(REPO / "configs/demo.yaml", list(overrides))
+
+
+def test_lr_schedules() -> None:
+    c = _cfg("optim.warmup_steps=10", "train.max_steps=110", "optim.lr=1.0", "optim.min_lr_ratio=0.1")
+    o = c.optim
+    assert lr_at(0, 110, o) == pytest.approx(0.1) and lr_at(9, 110, o) == pytest.approx(1.0)
+    assert lr_at(10, 110, o) == pytest.approx(1.0)
+    assert lr_at(60, 110, o) == pytest.approx(0.1 + 0.9 * 0.5)  # half way through the cosine
+    assert lr_at(110, 110, o) == pytest.approx(0.1)
+    o.schedule = "wsd"
+    o.decay_fraction = 0.2  # the last 22 steps decay linearly
+    assert lr_at(87, 110, o) == pytest.approx(1.0)
+    assert lr_at(109, 110, o) == pytest.approx(0.1)
+    assert 0.1 < lr_at(100, 110, o) < 1.0
+    o.schedule = "constant"
+    assert lr_at(100, 110, o) == 1.0
+
+
+def test_param_groups_and_families() -> None:
+    model = PMNetForCausalLM(PMNetConfig.from_preset("tiny"))
+    names = dict(model.named_parameters())
+    fams = {param_family(n) for n in names}
+    assert fams == set(FAMILIES), fams  # nothing falls into "other"
+    decay, plain = param_groups(model, 0.1)
+    plain_names = {n for n, p in names.items() if any(p is q for q in plain["params"])}
+    assert all("norm" in n or n.endswith(".bias") or "memory_embeddings" in n for n in plain_names)
+    assert any("memory_embeddings" in n for n in plain_names)
+    assert not any(no_weight_decay(n, names[n]) for n in names if n not in plain_names)
+    assert decay["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
+    assert len(decay["params"]) + len(plain["params"]) == len(names)
+
+
+def test_deepspeed_json_counts_tbptt_chunks() -> None:
+    c = _cfg("train.micro_batch_size=2", "train.global_batch_size=16", "train.tbptt_chunks=4", "data.sample_bytes=129")
+    ds = deepspeed_config(c, world_size=2)
+    assert ds["gradient_accumulation_steps"] == 4 * 4  # 16 / (2 x 2) micro-batches, x K chunks
+    assert ds["train_batch_size"] == 2 * 16 * 2
+    assert ds["zero_allow_untested_optimizer"] and not ds["bf16"]["enabled"]
+    c3 = _cfg("deepspeed.zero_stage=3", "train.precision=bf16")
+    assert deepspeed_config(c3, 1)["zero_optimization"]["stage"] == 3 and deepspeed_config(c3, 1)["bf16"]["enabled"]
+
+
+def test_dry_run_and_one_line_errors() -> None:
+    env = launch_env()
+    out = subprocess.run(
+        ["bash", "launchers/pretrain.sh", "configs/demo.yaml", "--dry-run", "--cpu-ranks", "2",
+         "train.global_batch_size=16"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    for needle in ("# resolved config", "parameters:            220,800", "training FLOPs/byte",
+                   "# DeepSpeed config", "# world layout", "2 cpu rank(s)", "# command", "deepspeed.launcher.runner"):  # fmt: skip
+        assert needle in out.stdout, needle
+    bad = subprocess.run(
+        ["bash", "launchers/pretrain.sh", "configs/demo.yaml", "train.global_batch_size=7", "--cpu-ranks", "2"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert bad.returncode == 2
+    lines = [ln for ln in bad.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "train.global_batch_size=7" in lines[0] and "Traceback" not in bad.stderr

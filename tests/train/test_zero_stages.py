@@ -1,0 +1,57 @@
+"""ZeRO 1, 2 and 3 on 2 CPU ranks through launchers/pretrain.sh: the loss falls (K=1 and K=4 TBPTT),
+and the TensorBoard events hold every scalar the trainer promises."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.train.conftest import base_overrides, free_port, launch_env, pretrain_cmd, read_scalars, run_launch
+
+FAMILIES = ("attention", "mlp", "memory_write", "memory_read", "anchors", "embedding", "norms")
+EXPECTED = [
+    "train/loss", "train/bpb", "train/lr", "train/grad_norm", "train/bytes_seen", "train/skipped_steps",
+    "train/loss_vs_bytes", "train/bpb_vs_bytes", "perf/bytes_per_s", "perf/step_time_s", "perf/data_wait_share",
+    "perf/mfu", "perf/cpu_rss_gb", "eval/bpb", "eval/loss", "eval/bpb_vs_bytes",
+    *(f"grad_norm/{f}" for f in FAMILIES),
+    *(f"memory/level{k}/{m}" for k in (0, 1) for m in ("routing_entropy", "groups_used", "phase_increment")),
+]  # fmt: skip
+
+
+def _mean(points: list[tuple[int, float]]) -> float:
+    return sum(v for _, v in points) / len(points)
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize(("stage", "chunks"), [(1, 1), (2, 4), (3, 4)])
+def test_zero_stage_trains_on_two_cpu_ranks(shards: Path, tmp_path: Path, stage: int, chunks: int) -> None:
+    steps = 16
+    ov = base_overrides(
+        shards, tmp_path, f"z{stage}",
+        deepspeed__zero_stage=stage, train__tbptt_chunks=chunks, train__max_steps=steps,
+        eval__interval=8, logging__memory_diagnostics_interval=4, logging__peak_tflops=0.05,
+    )  # fmt: skip
+    res = run_launch(pretrain_cmd("configs/demo.yaml", ov, "--cpu-ranks", "2", "--master-port", str(free_port())),
+                     launch_env())  # fmt: skip
+    assert res.rc == 0, res.explain()
+    run = tmp_path / f"z{stage}"
+    scalars = read_scalars(run / "tb")
+    loss = scalars["train/loss"]
+    assert [s for s, _ in loss] == list(range(1, steps + 1))
+    first, last = _mean(loss[:3]), _mean(loss[-3:])
+    assert last < first - 0.3, f"ZeRO-{stage} K={chunks}: loss did not fall ({first:.3f} -> {last:.3f})"
+    evals = scalars["eval/bpb"]
+    assert len(evals) == 2 and evals[-1][1] < evals[0][1] + 0.05
+    assert scalars["train/skipped_steps"][-1][1] == 0
+    # the family norms add up to the global pre-clip norm DeepSpeed computed
+    step1 = {f: dict(scalars[f"grad_norm/{f}"])[1] for f in FAMILIES}
+    global1 = dict(scalars["train/grad_norm"])[1]
+    assert abs(sum(v * v for v in step1.values()) ** 0.5 - global1) < 1e-3 * global1 + 1e-6
+    if stage == 2:  # one run checks the whole list (the list does not depend on the stage)
+        missing = [t for t in EXPECTED if t not in scalars]
+        assert not missing, f"missing TensorBoard scalars: {missing}"
+        assert "perf/gpu_mem_gb" not in scalars  # CPU run: resident memory instead
+        assert scalars["train/bytes_seen"][-1][1] == steps * 8 * 128
+    assert (run / "checkpoints" / f"step_{steps:08d}" / "manifest.json").is_file()
+    assert "training ended (finished)" in (run / "train.log").read_text()
