@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pmnet.model.config import PMNetConfig
-from pmnet.model.layers import RMSNorm, apply_rope
+from pmnet.model.layers import NormalLinear, RMSNorm, apply_rope
 
 
 def window_mask(t_q: int, n_past: int, window: int, device: torch.device) -> Tensor:
@@ -138,10 +138,10 @@ class PMNetAttention(nn.Module):
         super().__init__()
         self.cfg = cfg
         d, hw = cfg.hidden_size, cfg.attn_width
-        self.q_proj = nn.Linear(d, hw, bias=False)
-        self.k_proj = nn.Linear(d, hw, bias=False)
-        self.v_proj = nn.Linear(d, hw, bias=False)
-        self.o_proj = nn.Linear(hw, d, bias=False)
+        self.q_proj = NormalLinear(d, hw, False, cfg.initializer_range)
+        self.k_proj = NormalLinear(d, hw, False, cfg.initializer_range)
+        self.v_proj = NormalLinear(d, hw, False, cfg.initializer_range)
+        self.o_proj = NormalLinear(hw, d, False, cfg.initializer_range)
         self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps)
         self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps)
 

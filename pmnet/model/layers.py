@@ -10,6 +10,31 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+class NormalLinear(nn.Linear):
+    """nn.Linear initialised N(0, std) with zero bias inside its own ``__init__``.
+
+    Initialising in the constructor (not in a later pass over the model) matters under
+    DeepSpeed ZeRO-3's ``zero.Init``, which partitions each module's parameters as soon as
+    its constructor returns: a later ``normal_`` would touch an empty shard.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, std: float) -> None:
+        super().__init__(in_features, out_features, bias=bias)
+        with torch.no_grad():
+            nn.init.normal_(self.weight, mean=0.0, std=std)
+            if self.bias is not None:
+                nn.init.zeros_(self.bias)
+
+
+class NormalEmbedding(nn.Embedding):
+    """nn.Embedding initialised N(0, std) in its constructor (see NormalLinear)."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, std: float) -> None:
+        super().__init__(num_embeddings, embedding_dim)
+        with torch.no_grad():
+            nn.init.normal_(self.weight, mean=0.0, std=std)
+
+
 class RMSNorm(nn.Module):
     """``w * x / sqrt(mean(x^2) + eps)`` computed in fp32 whatever the input dtype."""
 
@@ -56,11 +81,11 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 class SwiGLU(nn.Module):
     """``down(silu(gate(x)) * up(x))``, no biases (Qwen3 MLP)."""
 
-    def __init__(self, hidden_size: int, intermediate_size: int) -> None:
+    def __init__(self, hidden_size: int, intermediate_size: int, std: float) -> None:
         super().__init__()
-        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
-        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
-        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+        self.gate_proj = NormalLinear(hidden_size, intermediate_size, False, std)
+        self.up_proj = NormalLinear(hidden_size, intermediate_size, False, std)
+        self.down_proj = NormalLinear(intermediate_size, hidden_size, False, std)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pmnet.model.config import PMNetConfig
-from pmnet.model.layers import RMSNorm
+from pmnet.model.layers import NormalLinear, RMSNorm
 from pmnet.model.phasor_fast import read_fast, write_fast
 from pmnet.model.reference import read_reference, write_reference
 
@@ -62,14 +62,14 @@ class PhasorMemoryWrite(nn.Module):
 
     def __init__(self, cfg: PMNetConfig) -> None:
         super().__init__()
-        d, m = cfg.hidden_size, cfg.memory_size
+        d, m, std = cfg.hidden_size, cfg.memory_size, cfg.initializer_range
         self.impl = cfg.memory_impl
         self.cumsum = cfg.memory_cumsum
         self.norm = RMSNorm(d, cfg.rms_norm_eps)
-        self.proj_q = nn.Linear(d, m)
-        self.proj_k = nn.Linear(2 * m, m)
-        self.proj_v = nn.Linear(d, m)
-        self.proj_out = nn.Linear(m, m)
+        self.proj_q = NormalLinear(d, m, True, std)
+        self.proj_k = NormalLinear(2 * m, m, True, std)
+        self.proj_v = NormalLinear(d, m, True, std)
+        self.proj_out = NormalLinear(m, m, True, std)
 
     def forward(self, h: Tensor, phi: Tensor, group: Tensor, carried: Tensor) -> WriteResult:
         """h [B, T, d], phi [B, T, N, M] fp32, group [B, T], carried [B, G, N, M] fp32."""
@@ -83,12 +83,13 @@ class PhasorMemoryRead(nn.Module):
     def __init__(self, cfg: PMNetConfig) -> None:
         super().__init__()
         d, m, r = cfg.hidden_size, cfg.memory_size, cfg.num_memory_read_heads
+        std = cfg.initializer_range
         self.impl = cfg.memory_impl
         self.num_heads = r
         self.norm = RMSNorm(d, cfg.rms_norm_eps)
-        self.proj_q = nn.Linear(d, r * m)
-        self.proj_kv = nn.Linear(2 * m, 2 * r * m)
-        self.proj_out = nn.Linear(r * m, d)
+        self.proj_q = NormalLinear(d, r * m, True, std)
+        self.proj_kv = NormalLinear(2 * m, 2 * r * m, True, std)
+        self.proj_out = NormalLinear(r * m, d, True, std)
 
     def forward(self, h: Tensor, phi: Tensor) -> Tensor:
         """h [B, T, d], phi [B, T, N, M] fp32 -> [B, T, d]."""
@@ -116,15 +117,6 @@ def write_diagnostics(res: WriteResult, level: int, num_memory: int) -> dict[str
         prefix + "groups_used": hit.mean(),
         prefix + "phase_increment": res.delta.abs().mean(),
     }
-
-
-def init_memory_linear(module: nn.Module, std: float) -> None:
-    """N(0, std) weights and zero biases for every Linear of a memory module (MODEL.md section 3)."""
-    for sub in module.modules():
-        if isinstance(sub, nn.Linear):
-            nn.init.normal_(sub.weight, mean=0.0, std=std)
-            if sub.bias is not None:
-                nn.init.zeros_(sub.bias)
 
 
 def uniform_entropy(num_memory: int) -> float:

@@ -20,12 +20,11 @@ from torch.utils.checkpoint import checkpoint
 
 from pmnet.model.attention import AttentionMask, PMNetAttention, build_attention_mask
 from pmnet.model.config import PMNetConfig
-from pmnet.model.layers import RMSNorm, SwiGLU, rope_cos_sin
+from pmnet.model.layers import NormalEmbedding, NormalLinear, RMSNorm, SwiGLU, rope_cos_sin
 from pmnet.model.memory import (
     PhasorMemoryRead,
     PhasorMemoryWrite,
     anchor_angles,
-    init_memory_linear,
     write_diagnostics,
 )
 from pmnet.model.state import PMNetState
@@ -65,7 +64,7 @@ class PMNetDecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.self_attn = PMNetAttention(cfg)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size)
+        self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size, cfg.initializer_range)
         self.has_memory = cfg.use_memory
         self.writes = cfg.use_memory and layer_idx % cfg.memory_write_period == 0
         if self.has_memory:
@@ -121,13 +120,15 @@ class PMNetModel(nn.Module):
     def __init__(self, cfg: PMNetConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.embed_tokens = NormalEmbedding(cfg.vocab_size, cfg.hidden_size, cfg.initializer_range)
         self.layers = nn.ModuleList(PMNetDecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         if cfg.use_memory:
             n, m = cfg.num_memory, cfg.memory_size
             self.memory_embeddings = nn.ParameterList(
-                nn.Parameter(torch.empty(cfg.groups_at_level(k), n, m)) for k in range(cfg.num_levels)
+                # initialised before wrapping: ZeRO-3's zero.Init partitions them when the list is built
+                nn.Parameter(torch.empty(cfg.groups_at_level(k), n, m).normal_(0.0, cfg.initializer_range))
+                for k in range(cfg.num_levels)
             )
         self.gradient_checkpointing = False
 
@@ -190,8 +191,9 @@ class PMNetForCausalLM(nn.Module):
             raise ValueError("invalid PMNetConfig: " + "; ".join(errs))
         self.config = cfg
         self.model = PMNetModel(cfg)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-        self.reset_parameters()
+        self.lm_head = NormalLinear(cfg.hidden_size, cfg.vocab_size, False, cfg.initializer_range)
+        # every module initialised itself (see NormalLinear); only the tie is left
+        self.tie_weights()
 
     def tie_weights(self) -> None:
         """Share the embedding matrix with the LM head (tie_word_embeddings)."""
@@ -200,7 +202,8 @@ class PMNetForCausalLM(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """N(0, initializer_range) for linears, embedding and anchors; zero biases; ones for norms."""
+        """Re-initialise: N(0, initializer_range) for linears, embedding and anchors; zero biases; ones
+        for norms (the constructors already do this; not usable on ZeRO-3 shards)."""
         std = self.config.initializer_range
         for mod in self.modules():
             if isinstance(mod, nn.Linear):
@@ -211,10 +214,6 @@ class PMNetForCausalLM(nn.Module):
                 nn.init.normal_(mod.weight, mean=0.0, std=std)
             elif isinstance(mod, RMSNorm):
                 nn.init.ones_(mod.weight)
-        for layer in self.model.layers:
-            for name in ("memory_read_module", "memory_write_module"):
-                if hasattr(layer, name):
-                    init_memory_linear(getattr(layer, name), std)
         if self.config.use_memory:
             for emb in self.model.memory_embeddings:
                 nn.init.normal_(emb, mean=0.0, std=std)

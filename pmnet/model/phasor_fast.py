@@ -1,14 +1,16 @@
 """Fast phasor memory (MODEL.md sections 3-4), checked against ``reference.py`` by the tests.
 
-Two ideas make it fast without changing the numbers:
+``write_fast`` / ``read_fast`` take the modules and hand their tensors to the pure functions
+of ``fused.py`` (compiled once for all layers when ``fused.set_compiled(True)``):
 
-* Phase-space scores through ``sum_j cos(a_j - b_j) = cos a . cos b + sin a . sin b``: the
-  score of every slot is one batched matmul of ``[cos q, sin q]`` with ``[cos key, sin key]``,
-  so no ``[B, T, R, N, M]`` difference tensor is built.
-* The per-group inclusive prefix sum is a sort + cumsum + gathers with static shapes
-  (no data-dependent sizes, no Python loop over groups), so a decoder layer can be
-  compiled with ``fullgraph=True``. The cumsum runs in fp64: partial sums grow to
-  T x pi and fp32 would lose about 1e-3 rad at T = 32k.
+* Phase-space scores through ``sum_j cos(a_j - b_j) = cos a . cos b + sin a . sin b``
+  (``phase_scores`` here: two matmuls in eager; one fused reduction when compiled), so no
+  ``[B, T, R, N, M]`` difference tensor is built.
+* The read's value half runs once per head on the attention-weighted features (it is
+  linear, and the softmax sums to 1): see ``fused.read_core``.
+* The per-group inclusive prefix sum is ``scan.blocked_segmented_prefix_sum``: fp32, static
+  shapes, blocked so partial sums stay small. ``segmented_prefix_sum`` below (one fp64
+  cumsum) is kept as its exact oracle for the tests; inductor cannot compile it.
 
 Phase math (anchors, sin/cos, scores, the scan) is fp32 or wider whatever the compute
 dtype; the projections run in the weights' dtype (bf16 in mixed-precision training).
@@ -93,28 +95,18 @@ def write_fast(
     training: bool,
 ) -> WriteResult:
     """Vectorised memory write; same arguments and result as ``reference.write_reference``."""
+    from pmnet.model import fused
     from pmnet.model.memory import WriteResult
 
     b, t, n, m = phi.shape
-    x = mod.norm(h)
-    q = math.pi * torch.tanh(mod.proj_q(x).float())  # [B, T, M]
-    theta = math.pi * torch.tanh(mod.proj_out(mod.proj_v(x)).float())  # [B, T, M]
-    feats = torch.cat([torch.sin(phi), torch.cos(phi)], dim=-1)  # [B, T, N, 2M] fp32
-    key = math.pi * torch.tanh(mod.proj_k(feats.to(mod.proj_k.weight.dtype)).float())  # [B, T, N, M]
-    s = torch.softmax(phase_scores(q, key) / math.sqrt(m), dim=-1)  # [B, T, N]
-    delta = s[..., None] * theta[:, :, None, :]  # [B, T, N, M]
-    if training:
-        counts = torch.zeros(b, carried.shape[1], dtype=s.dtype, device=s.device)
-        counts = counts.scatter_add(1, group, torch.ones_like(s[..., 0]))  # [B, G]
-        scale = counts.gather(1, group).rsqrt()[..., None, None]  # [B, T, 1, 1]: 1/sqrt(c)
-        delta_s = delta.detach() + (delta - delta.detach()) * scale  # same value, gradient / sqrt(c)
-    else:
-        delta_s = delta
+    w = (mod.proj_q, mod.proj_k, mod.proj_v, mod.proj_out)
+    params = [p for lin in w for p in (lin.weight, lin.bias)]
+    s, delta = fused.run("write", h, phi, mod.norm.weight, *params, mod.norm.eps)
     if cumsum:
-        S, state = segmented_prefix_sum(delta_s.reshape(b, t, n * m), group, carried.reshape(b, -1, n * m))
-        S, state = S.view(b, t, n, m), state.view(carried.shape)
+        S, state = fused.run("scan", delta, group, carried, training)
     else:
-        S = torch.remainder(delta_s, TWO_PI)
+        # no recurrence: S = delta (the 1/sqrt(c) gradient scale still applies in training)
+        S = torch.remainder(_grad_scaled(delta, group, carried.shape[1]) if training else delta, TWO_PI)
         # the state still records S at each group's last position (unused by the recurrence)
         vals, present = _last_of_group(S.reshape(b, t, n * m), group, carried.shape[1])
         state = torch.where(present[..., None], vals, carried.reshape(b, -1, n * m)).view(carried.shape)
@@ -122,6 +114,15 @@ def write_fast(
     return WriteResult(
         phi_increment=S, child_group=group * n + choice, group_state=state, probs=s.detach(), delta=delta.detach()
     )
+
+
+def _grad_scaled(delta: Tensor, group: Tensor, g_count: int) -> Tensor:
+    """delta with its gradient divided by sqrt(c), c = positions of the sequence in the same group."""
+    b = delta.shape[0]
+    counts = torch.zeros(b, g_count, dtype=delta.dtype, device=delta.device)
+    counts = counts.scatter_add(1, group, torch.ones_like(delta[..., 0, 0]))  # [B, G]
+    scale = counts.gather(1, group).rsqrt()[..., None, None]  # [B, T, 1, 1]
+    return delta.detach() + (delta - delta.detach()) * scale
 
 
 def _last_of_group(x: Tensor, group: Tensor, g_count: int) -> tuple[Tensor, Tensor]:
@@ -137,14 +138,8 @@ def _last_of_group(x: Tensor, group: Tensor, g_count: int) -> tuple[Tensor, Tens
 
 def read_fast(mod: PhasorMemoryRead, h: Tensor, phi: Tensor) -> Tensor:
     """Vectorised memory read; h [B, T, d], phi [B, T, N, M] fp32 -> [B, T, d]."""
-    b, t, n, m = phi.shape
-    r = mod.num_heads
-    x = mod.norm(h)
-    q = (math.pi * torch.tanh(mod.proj_q(x).float())).view(b, t, r, m)  # [B, T, R, M]
-    feats = torch.cat([torch.sin(phi), torch.cos(phi)], dim=-1)  # [B, T, N, 2M]
-    kv = mod.proj_kv(feats.to(mod.proj_kv.weight.dtype))  # [B, T, N, 2RM]
-    key = (math.pi * torch.tanh(kv[..., : r * m].float())).view(b, t, n, r, m).transpose(2, 3)  # [B, T, R, N, M]
-    val = kv[..., r * m :].reshape(b, t, n, r, m).transpose(2, 3)  # [B, T, R, N, M]
-    a = torch.softmax(phase_scores(q, key) / math.sqrt(m), dim=-1)  # [B, T, R, N]
-    out = _no_autocast_bmm(a.unsqueeze(-2), val.float()).squeeze(-2)  # [B, T, R, M]
-    return mod.proj_out(out.reshape(b, t, r * m).to(mod.proj_out.weight.dtype))
+    from pmnet.model import fused
+
+    lin = (mod.proj_q, mod.proj_kv, mod.proj_out)
+    params = [p for x in lin for p in (x.weight, x.bias)]
+    return fused.run("read", h, phi, mod.norm.weight, *params, mod.norm.eps, mod.num_heads)

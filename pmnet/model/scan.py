@@ -32,6 +32,20 @@ from torch import Tensor
 
 TWO_PI = 2.0 * math.pi
 DEFAULT_BLOCK = 64
+# 2 pi split Cody-Waite style: _C1 has 8 significant bits, so k * _C1 is exact in fp32 for
+# |k| < 2**16, and x - k * _C1 is exact (Sterbenz); fp32(2 pi) alone is 1.7e-7 too large,
+# an error that a long scan would pick up once per wrap (2e-3 rad after 12k wraps).
+_C1 = 6.28125
+_C2 = 2.0 * math.pi - _C1
+
+
+def mod_2pi(x: Tensor) -> Tensor:
+    """``x mod 2 pi`` in [0, 2 pi) for fp32 x of moderate size (|x| < 2**16 x 2 pi); gradient 1."""
+    k = torch.floor(x * (1.0 / TWO_PI)).detach()
+    r = (x - k * _C1) - k * _C2
+    # x / 2 pi can round across an integer: fold the few results just outside the range back
+    r = torch.where(r < 0, r + TWO_PI, r)
+    return torch.where(r >= TWO_PI, r - TWO_PI, r)
 
 
 def _exclusive_mod_prefix(tot: Tensor, block: int) -> Tensor:
@@ -41,14 +55,14 @@ def _exclusive_mod_prefix(tot: Tensor, block: int) -> Tensor:
     """
     b, n, dim = tot.shape
     if n <= block:
-        return torch.remainder(tot.cumsum(1) - tot, TWO_PI)
+        return mod_2pi(tot.cumsum(1) - tot)
     nb = -(-n // block)
     padded = torch.nn.functional.pad(tot, (0, 0, 0, nb * block - n))  # zero totals at the end
     xb = padded.view(b, nb, block, dim)
     local = xb.cumsum(2)  # [B, nb, C, D] inclusive, < 2 pi x C
     local_excl = local - xb
-    outer = _exclusive_mod_prefix(torch.remainder(local[:, :, -1], TWO_PI), block)  # [B, nb, D]
-    out = torch.remainder(outer[:, :, None] + local_excl, TWO_PI)
+    outer = _exclusive_mod_prefix(mod_2pi(local[:, :, -1]), block)  # [B, nb, D]
+    out = mod_2pi(outer[:, :, None] + local_excl)
     return out.view(b, nb * block, dim)[:, :n]
 
 
@@ -77,7 +91,7 @@ def blocked_segmented_prefix_sum(
     local = xb.cumsum(2).view(b, tp, dim)  # inclusive within the block, |.| <= C x pi
     # block totals from a (pairwise) sum, not the cumsum's last entry: rounding of the totals is
     # what accumulates over blocks, and a tree sum rounds less than a running one
-    excl = _exclusive_mod_prefix(torch.remainder(xb.sum(2), TWO_PI), block)  # [B, nb, D]
+    excl = _exclusive_mod_prefix(mod_2pi(xb.sum(2)), block)  # [B, nb, D]
 
     counts = torch.zeros(b, g_count, dtype=torch.int64, device=dev).scatter_add(1, group, torch.ones_like(group))
     starts = counts.cumsum(1) - counts  # [B, G] first sorted index of each group
@@ -93,7 +107,7 @@ def blocked_segmented_prefix_sum(
     zero = torch.zeros((), dtype=x.dtype, device=dev)
     # Exactly 0 when the segment starts inside this block (the E terms are the same float).
     seg = (e_here - torch.where(has_prev, e_prev, zero)) + (l_here - torch.where(has_prev, l_prev, zero))
-    s_sorted = torch.remainder(seg + carried.float().gather(1, g_sorted[..., None].expand(b, t, dim)), TWO_PI)
+    s_sorted = mod_2pi(seg + carried.float().gather(1, g_sorted[..., None].expand(b, t, dim)))
 
     out = s_sorted.gather(1, inv[..., None].expand(b, t, dim))  # back to position order
     ends = (starts + counts - 1).clamp(min=0)  # [B, G] last sorted index of each group

@@ -149,3 +149,18 @@ def test_compile_layers_keeps_keys_and_numbers() -> None:
         out, _ = model(ids)
     assert list(model.state_dict()) == keys
     assert torch.equal(base, out)
+
+
+def test_initialisation_at_construction() -> None:
+    # each module initialises itself in its constructor (what ZeRO-3's zero.Init needs)
+    cfg = three_level_cfg(initializer_range=0.02)
+    torch.manual_seed(0)
+    model = PMNetForCausalLM(cfg)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    for name, p in model.named_parameters():
+        if name.endswith("bias"):
+            assert torch.equal(p, torch.zeros_like(p)), name
+        elif "norm" in name:
+            assert torch.equal(p, torch.ones_like(p)), name
+        elif p.numel() >= 1000:
+            assert abs(p.std().item() - 0.02) < 0.003 and abs(p.mean().item()) < 0.003, name

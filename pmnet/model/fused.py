@@ -1,0 +1,160 @@
+"""The fast path's memory read and write as pure tensor functions, optionally torch.compile'd.
+
+Why pure functions of tensors (weights passed in, no modules): ``torch.compile`` guards a
+module argument on its identity, so compiling ``read_fast(mod, ...)`` would compile once
+per layer (12 times); a function of tensors compiles once per shape and is shared by every
+layer. ``fullgraph=True``: nothing in here breaks a graph (static shapes, fp32 scan).
+
+Math is MODEL.md sections 3-4, unchanged; two rewrites make it cheap:
+
+* Scores through ``sum_j cos(q_j - k_j) = cos q . cos k + sin q . sin k``. Compiled, this is
+  one fused reduction that reads the key projection once (the [B, T, R, N, M] products exist
+  only in registers); eager, it is a batched matmul (``phasor_fast.phase_scores``).
+* The read's value half is linear: ``sum_n a_rn (Wv_r f_n + bv_r) = Wv_r (sum_n a_rn f_n) + bv_r``
+  (the softmax sums to 1), so the value projection runs once per head on the
+  attention-weighted features ``g_r = sum_n a_rn f_n`` instead of on every slot: the read
+  projection on the N slots shrinks from 2RM to RM outputs, and the value half costs
+  R x 2M x M per byte instead of N x 2M x RM. The interchange weights are unchanged:
+  ``proj_kv.weight`` rows [0, RM) are the key half, rows [RM, 2RM) the value half
+  (head r's values are rows RM + rM .. RM + (r+1)M).
+
+Precision: phase arithmetic (anchors + state, sin/cos, scores, softmax, the scan) is fp32;
+matmul inputs are cast to the weights' dtype (bf16 in training); the phase features enter
+the projections in that dtype, as in the reference.
+
+Shape letters: B batch, T bytes, d hidden, N slots, M phases, R read heads, G groups.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from pmnet.model.scan import blocked_segmented_prefix_sum
+
+_STATE = {"compile": False}
+
+
+def set_compiled(enabled: bool) -> None:
+    """Run the memory read / write / scan through ``torch.compile(fullgraph=True)`` (GPU training, eval)."""
+    _STATE["compile"] = bool(enabled)
+
+
+def compiled_enabled() -> bool:
+    """Whether :func:`set_compiled` switched compilation on."""
+    return _STATE["compile"]
+
+
+def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """Same arithmetic as ``layers.RMSNorm``: fp32 statistics, result in x's dtype."""
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return (weight.float() * xf).to(x.dtype)
+
+
+def phase_features(phi: Tensor, dtype: torch.dtype) -> Tensor:
+    """``[sin phi, cos phi]`` (fp32 math) cast to the projection dtype: [..., M] -> [..., 2M]."""
+    return torch.cat([torch.sin(phi), torch.cos(phi)], dim=-1).to(dtype)
+
+
+def phase_scores_fused(q: Tensor, key: Tensor) -> Tensor:
+    """``sum_j cos(q_j - key_n,j)``: q [..., M], key [..., N, M] fp32 -> [..., N].
+
+    Compiled, the products are fused into one reduction; eager, a matmul avoids building
+    the [..., N, M] products.
+    """
+    if torch.compiler.is_compiling():
+        qc, qs = torch.cos(q).unsqueeze(-2), torch.sin(q).unsqueeze(-2)
+        return (torch.cos(key) * qc + torch.sin(key) * qs).sum(-1)
+    from pmnet.model.phasor_fast import phase_scores
+
+    return phase_scores(q, key)
+
+
+def read_core(
+    h: Tensor,
+    phi: Tensor,
+    norm_w: Tensor,
+    wq: Tensor,
+    bq: Tensor,
+    wkv: Tensor,
+    bkv: Tensor,
+    wo: Tensor,
+    bo: Tensor,
+    eps: float,
+    heads: int,
+) -> Tensor:
+    """Memory read (MODEL.md section 4); h [B, T, d], phi [B, T, N, M] fp32 -> [B, T, d]."""
+    b, t, n, m = phi.shape
+    r = heads
+    rm = r * m
+    x = rms_norm(h, norm_w, eps)
+    q = (math.pi * torch.tanh(F.linear(x, wq, bq).float())).view(b, t, r, m)  # [B, T, R, M]
+    feats = phase_features(phi, wkv.dtype)  # [B, T, N, 2M]
+    k_pre = F.linear(feats, wkv[:rm], bkv[:rm])  # [B, T, N, RM]: key half only
+    key = (math.pi * torch.tanh(k_pre.float())).view(b, t, n, r, m).transpose(2, 3)  # [B, T, R, N, M]
+    a = torch.softmax(phase_scores_fused(q, key) / math.sqrt(m), dim=-1)  # [B, T, R, N]
+    g = torch.matmul(a, feats.float())  # [B, T, R, 2M]: attention-weighted features per head
+    wv = wkv[rm:].view(r, m, 2 * m)  # head r's value rows
+    val = torch.einsum("btrf,rmf->btrm", g.to(wkv.dtype), wv) + bkv[rm:].view(r, m)  # [B, T, R, M]
+    return F.linear(val.reshape(b, t, rm).to(wo.dtype), wo, bo)
+
+
+def write_core(
+    h: Tensor,
+    phi: Tensor,
+    norm_w: Tensor,
+    wq: Tensor,
+    bq: Tensor,
+    wk: Tensor,
+    bk: Tensor,
+    wv: Tensor,
+    bv: Tensor,
+    wo: Tensor,
+    bo: Tensor,
+    eps: float,
+) -> tuple[Tensor, Tensor]:
+    """Dense part of a write (MODEL.md section 3): (write softmax s [B, T, N], delta [B, T, N, M]) fp32."""
+    m = phi.shape[-1]
+    x = rms_norm(h, norm_w, eps)
+    q = math.pi * torch.tanh(F.linear(x, wq, bq).float())  # [B, T, M]
+    theta = math.pi * torch.tanh(F.linear(F.linear(x, wv, bv), wo, bo).float())  # [B, T, M]
+    key = math.pi * torch.tanh(F.linear(phase_features(phi, wk.dtype), wk, bk).float())  # [B, T, N, M]
+    s = torch.softmax(phase_scores_fused(q, key) / math.sqrt(m), dim=-1)  # [B, T, N]
+    return s, s[..., None] * theta[:, :, None, :]
+
+
+def scan_core(delta: Tensor, group: Tensor, carried: Tensor, training: bool) -> tuple[Tensor, Tensor]:
+    """Gradient scale 1/sqrt(c) (training) and the per-group prefix sum.
+
+    delta [B, T, N, M], group [B, T], carried [B, G, N, M] -> (S [B, T, N, M], state [B, G, N, M]).
+    """
+    b, t, n, m = delta.shape
+    if training:
+        counts = torch.zeros(b, carried.shape[1], dtype=delta.dtype, device=delta.device)
+        counts = counts.scatter_add(1, group, torch.ones_like(delta[..., 0, 0]))  # [B, G]
+        scale = counts.gather(1, group).rsqrt()[..., None, None]  # [B, T, 1, 1]
+        delta = delta.detach() + (delta - delta.detach()) * scale  # same value, gradient / sqrt(c)
+    s, state = blocked_segmented_prefix_sum(delta.reshape(b, t, n * m), group, carried.reshape(b, -1, n * m))
+    return s.view(b, t, n, m), state.view(carried.shape)
+
+
+@functools.cache
+def _compiled(name: str) -> Callable[..., Any]:
+    fns = {"read": read_core, "write": write_core, "scan": scan_core}
+    # the scan's group count differs per level: automatic dynamic shapes settle after 2 compiles
+    dynamic = None if name == "scan" else False
+    return torch.compile(fns[name], fullgraph=True, dynamic=dynamic)
+
+
+def run(name: str, *args: Any) -> Any:
+    """Call core ``name`` (read / write / scan), compiled when :func:`set_compiled` said so."""
+    if _STATE["compile"] and not torch.compiler.is_compiling():
+        return _compiled(name)(*args)
+    return {"read": read_core, "write": write_core, "scan": scan_core}[name](*args)
