@@ -19,8 +19,6 @@ The summary holds step, bytes seen, loss at save and the L2 norm of each paramet
 from __future__ import annotations
 
 import math
-import zipfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +37,7 @@ from pmnet.train.manifest import (
     rank_file,
     read_json,
     sha256_file,
+    zip_crc_problem,
 )
 from pmnet.train.ptread import DTYPES, PtFile, PtReadError, TensorRef
 
@@ -103,24 +102,6 @@ class AuditReport:
 
 
 # ---------------------------------------------------------------- manifest
-def _zip_crc_problem(path: Path) -> str | None:
-    """None if every zip member's CRC32 matches, else which member (or why the zip is unreadable)."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            for info in z.infolist():
-                crc = 0
-                with z.open(info) as f:
-                    while block := f.read(1 << 24):
-                        crc = zlib.crc32(block, crc)
-                if crc != info.CRC:
-                    return f"member {info.filename.split('/', 1)[-1]} fails its CRC32"
-    except zipfile.BadZipFile as err:
-        return f"zip structure broken ({err})"
-    except (OSError, EOFError) as err:
-        return f"unreadable ({err})"
-    return None
-
-
 def check_manifest(ckpt: Path, report: AuditReport, verify_hashes: bool) -> dict[str, Any]:
     """Every manifest problem, named per file; returns the manifest's file table ({} if none)."""
     problems: list[str] = []
@@ -143,7 +124,7 @@ def check_manifest(ckpt: Path, report: AuditReport, verify_hashes: bool) -> dict
             problems.append(f"{rel}: deleted (listed in {MANIFEST}, not on disk)")
             continue
         size = path.stat().st_size
-        zip_problem = _zip_crc_problem(path) if rel.endswith(".pt") else None
+        zip_problem = zip_crc_problem(path) if rel.endswith(".pt") else None
         if size != entry.get("size"):
             kind = "truncated" if size < int(entry.get("size") or 0) else "size changed"
             if zip_problem is None and rel.endswith(".pt"):

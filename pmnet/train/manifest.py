@@ -20,6 +20,8 @@ import json
 import os
 import re
 import time
+import zipfile
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -47,6 +49,7 @@ __all__ = [
     "sha256_file",
     "step_name",
     "write_latest",
+    "zip_crc_problem",
 ]
 
 CHECKPOINTS = "checkpoints"
@@ -199,6 +202,25 @@ def expected_files(meta: dict[str, Any]) -> list[list[str]]:
     return need
 
 
+def zip_crc_problem(path: Path) -> str | None:
+    """None if every zip member's CRC32 matches, else which member (or why the zip is unreadable)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                crc = 0
+                with z.open(info) as f:
+                    while block := f.read(1 << 24):
+                        crc = zlib.crc32(block, crc)
+                if crc != info.CRC:
+                    return f"member {info.filename.split('/', 1)[-1]} fails its CRC32"
+    except zipfile.BadZipFile as err:
+        m = re.search(r"Bad CRC-32 for file '[^/']*/?([^']*)'", str(err))
+        return f"member {m.group(1)} fails its CRC32 (changed bytes)" if m else f"zip structure broken ({err})"
+    except (OSError, EOFError) as err:
+        return f"unreadable ({err})"
+    return None
+
+
 @dataclass
 class CheckpointInfo:
     """One directory under ``checkpoints/`` and what :func:`check_checkpoint` found."""
@@ -280,10 +302,11 @@ def check_checkpoint(path: str | Path, *, verify_hashes: bool = True) -> Checkpo
         for rel, entry in sorted(files.items()):
             digest = sha256_file(path / rel)
             if digest != entry.get("sha256"):
-                return bad(
-                    "corrupt",
-                    f"{rel}: sha256 {digest[:12]}... differs from {MANIFEST} ({str(entry.get('sha256'))[:12]}...)",
-                )
+                why = "file changed, or the manifest lies"
+                if rel.endswith(".pt"):
+                    crc = zip_crc_problem(path / rel)
+                    why = f"corrupt: {crc}" if crc else f"{MANIFEST} lies: the file passes its zip CRC32s"
+                return bad("corrupt", f"{rel}: sha256 differs from {MANIFEST} ({why})")
     return info
 
 
