@@ -82,14 +82,19 @@ def test_scan_exact_with_tf32_enabled() -> None:
 
 @pytest.mark.parametrize("backend", ["flex", "sdpa"])
 def test_compiled_decoder_layers_match_eager(backend: str) -> None:
-    # torch.compile(fullgraph=True) of every decoder layer: no graph break, same numbers
+    # torch.compile(fullgraph=True) of every decoder layer: no graph break, same numbers.
+    # Values are compared in eval mode: compiled kernels round differently (~1e-7), and in a
+    # near-tie of the write softmax the hard argmax may then pick another child group.
     cfg = dataclasses.replace(three_level_cfg(), attn_backend=backend)
-    model = build(cfg, sharpen=4.0).to(CUDA)
+    model = build(cfg, sharpen=4.0).to(CUDA).eval()
     ids = random_ids(2, 256).to(CUDA)
-    base, _ = model(ids)
-    model.compile_layers()
-    logits, state = model(ids)
+    with torch.no_grad():
+        base, _ = model(ids)
+        model.compile_layers()
+        logits, _ = model(ids)
     assert (logits - base).abs().max() < 1e-3
+    model.train()
+    logits, _ = model(ids)
     lm_loss(logits[:, :-1], ids[:, 1:]).backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
