@@ -178,13 +178,16 @@ def build_copy_paste_dataloader(data_cfg: Any, micro_batch_size: int) -> CopyPas
     )
 
 
-def eval_batch(n_values: list[int], seed: int, start_index: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def eval_batch(
+    n_values: list[int], seed: int, start_index: int = 0, length: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Evaluation samples: one per entry of ``n_values``, payload i from ``(seed, start_index + i)``.
 
-    Returns (input_ids, targets) padded to the longest sample. Indices are offset by 2**40,
-    a range training never reaches, so evaluation payloads are not training payloads.
+    Returns (input_ids, targets) of ``length - 1`` positions (default: the longest sample).
+    Indices are offset by 2**40, a range training never reaches, so evaluation payloads are
+    not training payloads.
     """
-    length = sample_length(max(n_values))
+    length = length or sample_length(max(n_values))
     inputs = np.zeros((len(n_values), length - 1), dtype=np.int64)
     targets = np.zeros_like(inputs)
     for i, n in enumerate(n_values):

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data_pipeline.copy_paste import eval_batch
+from data_pipeline.copy_paste import eval_batch, sample_length
 from pmnet.eval.loading import EvalError
 
 __all__ = [
@@ -73,10 +73,12 @@ def parse_edges(text: str) -> list[int]:
 
 
 @torch.inference_mode()
-def _score(model: torch.nn.Module, ns: list[int], seed: int, start_index: int, chunk_bytes: int) -> tuple[int, int]:
+def _score(
+    model: torch.nn.Module, ns: list[int], seed: int, start_index: int, chunk_bytes: int, length: int
+) -> tuple[int, int]:
     """(exact copies, correct bytes) for one batch of samples with copy lengths ``ns``."""
     device = next(model.parameters()).device
-    ids, targets = eval_batch(ns, seed, start_index)
+    ids, targets = eval_batch(ns, seed, start_index, length)
     ids, targets = ids.to(device), targets.to(device)
     preds = []
     state = None
@@ -115,9 +117,12 @@ def evaluate_copy_paste(
         rng = np.random.default_rng([seed, b])
         ns = sorted(int(n) for n in rng.integers(lo + 1, hi + 1, size=samples_per_bucket))
         exact = correct = 0
+        # one padded length per bucket (a multiple of 128): few distinct shapes for compiled
+        # attention kernels; padding after the sample cannot change causal predictions
+        length = -(-(sample_length(hi) - 1) // 128) * 128 + 1
         for i in range(0, len(ns), batch_size):
             part = ns[i : i + batch_size]
-            e, c = _score(model, part, seed, b * 1_000_000 + i, chunk_bytes)
+            e, c = _score(model, part, seed, b * 1_000_000 + i, chunk_bytes, length)
             exact += e
             correct += c
         out.append(BucketResult(label, lo, hi, len(ns), exact, correct, sum(ns)))

@@ -3,15 +3,16 @@
 Evaluation tools take ``CKPT`` = an interchange directory (``config.json`` +
 ``model.safetensors``, MODEL.md section 7). A training run directory or one DeepSpeed
 checkpoint directory is accepted too: it is converted into a temporary interchange
-directory with the checkpoint engineer's library converter (``pmnet.train.convert``)
-when that module is installed; otherwise the error says to run
-``tools/convert_checkpoint.py`` first.
+directory with the library converter ``pmnet.train.convert.convert_to_interchange``
+(streaming, bounded memory), which also picks a run's newest valid checkpoint.
 """
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
-import importlib
+import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -45,51 +46,34 @@ def _is_interchange(path: Path) -> bool:
     )
 
 
-def _find_converter() -> Any | None:
-    """The checkpoint engineer's DeepSpeed -> interchange function, if it exists yet."""
-    for mod_name, fn_names in (
-        ("pmnet.train.convert", ("deepspeed_to_interchange", "convert_to_interchange", "export_interchange")),
-        ("pmnet.train.checkpoint", ("deepspeed_to_interchange", "convert_to_interchange", "export_interchange")),
-    ):
-        try:
-            mod = importlib.import_module(mod_name)
-        except ImportError:
-            continue
-        for fn in fn_names:
-            if callable(getattr(mod, fn, None)):
-                return getattr(mod, fn)
-    return None
-
-
 def resolve_checkpoint(path: str | Path) -> Path:
-    """An interchange directory for ``path`` (converting a run / DeepSpeed checkpoint if needed)."""
+    """An interchange directory for ``path``; a run / DeepSpeed checkpoint is converted to a temp dir.
+
+    A run directory resolves to its newest valid checkpoint (``pmnet.train.convert`` decides
+    which, skipping incomplete or corrupt ones).
+    """
     p = Path(path)
     if not p.exists():
         raise EvalError(f"checkpoint {p} does not exist")
-    if p.is_dir() and _is_interchange(p):
-        return p
-    if p.is_dir() and (p / "checkpoints").is_dir():  # a run directory: use its latest checkpoint
-        ckdir = p / "checkpoints"
-        latest = ckdir / "latest"
-        if latest.is_file():
-            p = ckdir / latest.read_text().strip()
-        else:
-            steps = sorted(d for d in ckdir.glob("step_*") if d.is_dir())
-            if not steps:
-                raise EvalError(f"run directory {path} has no checkpoints under {ckdir}")
-            p = steps[-1]
     if not p.is_dir():
-        raise EvalError(f"checkpoint {path} is not a directory (expected config.json + model.safetensors)")
-    converter = _find_converter()
-    if converter is None:
+        raise EvalError(f"checkpoint {p} is not a directory (expected config.json + model.safetensors)")
+    if _is_interchange(p):
+        return p
+    try:
+        from pmnet.train.convert import convert_to_interchange
+    except ImportError:
         raise EvalError(
             f"{p} is not an interchange directory (config.json + model.safetensors); "
-            f"convert it first: python tools/convert_checkpoint.py {p} OUT_DIR"
-        )
-    out = Path(tempfile.mkdtemp(prefix="pmnet_eval_ckpt_"))
-    converter(p, out)
-    if not _is_interchange(out):
-        raise EvalError(f"converting {p} did not produce config.json + model.safetensors")
+            f"convert it first with tools/convert_checkpoint.py"
+        ) from None
+    tmp = tempfile.mkdtemp(prefix="pmnet_eval_")
+    atexit.register(shutil.rmtree, tmp, True)  # the converted copy lives only as long as this process
+    out = Path(tmp) / "interchange"
+    try:
+        result = convert_to_interchange(p, out)
+    except Exception as err:  # the converter's CheckpointError and friends: one line for the user
+        raise EvalError(f"cannot use {p} as a checkpoint: {err}") from None
+    print(f"note: converted {p} (step {result.step}) -> {result.out_dir}", file=sys.stderr)
     return out
 
 
