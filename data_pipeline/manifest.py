@@ -47,7 +47,9 @@ class ShardSettings:
     language: str | None = None
     shard_size_limit: int = 1 << 26
     compression: str = "zstd"
-    hashes: tuple[str, ...] = field(default=("sha1", "xxh64"))
+    # xxh64 by default: it detects corruption as well as sha1 at a fraction of the cost (sha1
+    # over every raw and compressed shard costs ~15% of the tool's throughput on 2 cores).
+    hashes: tuple[str, ...] = field(default=("xxh64",))
     text_unit_bytes: int = 1 << 26
 
     def validate(self) -> None:
@@ -62,6 +64,9 @@ class ShardSettings:
             raise DataPipelineError(
                 f"--shard-size {self.shard_size_limit}: must be at least sample_bytes ({self.sample_bytes})"
             )
+        bad = [h for h in self.hashes if h not in _hash_names()]
+        if bad or not self.hashes or list(self.hashes) != sorted(set(self.hashes)):
+            raise DataPipelineError(f"--hashes {','.join(self.hashes)}: give sorted, distinct names such as sha1,xxh64")
         if self.text_unit_bytes < 1:
             raise DataPipelineError(f"--text-unit-bytes {self.text_unit_bytes}: must be >= 1")
 
@@ -71,6 +76,15 @@ class ShardSettings:
         d["hashes"] = list(self.hashes)
         d["tool_version"] = TOOL_VERSION
         return d
+
+
+def _hash_names() -> set[str]:
+    """The hash names MDSWriter accepts (streaming.base.hashing), without importing streaming."""
+    import hashlib
+
+    import xxhash
+
+    return {a for a in hashlib.algorithms_available if not a.startswith("shake_")} | set(xxhash.algorithms_available)
 
 
 def byte_ids() -> dict[str, int]:

@@ -17,6 +17,7 @@ import hashlib
 import os
 import shutil
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,8 +122,12 @@ def process_unit(
         samples[split] += 1
 
     inputs_info = []
+    # The input's sha256 (for the manifest) is computed in a thread while the input is
+    # processed: hashlib releases the GIL, so it costs no time on the critical path.
+    hasher = ThreadPoolExecutor(max_workers=1)
     try:
         for path in unit.inputs:
+            digest = hasher.submit(_sha256, path)
             for doc in iter_documents(path, progress):
                 text = clean_text(doc.text)
                 reason = doc_filter.reason(doc if text is doc.text else _with_text(doc, text))
@@ -135,7 +140,7 @@ def process_unit(
                 payload[split] += len(encoded)
                 for sample in packers[split].add(encoded):
                     emit(split, sample)
-            inputs_info.append({"path": str(path), "size": path.stat().st_size, "sha256": _sha256(path)})
+            inputs_info.append({"path": str(path), "size": path.stat().st_size, "sha256": digest.result()})
         for split in SPLITS:
             pending = packers[split].pending
             tail = packers[split].finish(settings.keep_tail)
@@ -151,6 +156,8 @@ def process_unit(
                 os.replace(work / split, staging / split / unit.name)
     except OSError as err:
         raise DataPipelineError(f"unit {unit.name} ({unit.inputs[0]}): write failed: {err}") from None
+    finally:
+        hasher.shutdown(wait=True, cancel_futures=True)
     stats = {
         "unit": unit.name,
         "inputs": inputs_info,

@@ -58,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.text_unit_bytes,
         help="plain-text files are grouped into work units of about this size",
     )
+    p.add_argument(
+        "--hashes",
+        default=",".join(d.hashes),
+        help="shard hash algorithms recorded in index.json, comma-separated and sorted (e.g. sha1,xxh64)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an output written with other settings")
     p.add_argument("--verify", action="store_true", help="re-hash every shard against index.json at the end")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
@@ -78,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         language=args.language,
         shard_size_limit=args.shard_size,
         text_unit_bytes=args.text_unit_bytes,
+        hashes=tuple(h.strip() for h in args.hashes.split(",") if h.strip()),
     )
     job = ShardJob(
         inputs=args.input,

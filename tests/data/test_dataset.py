@@ -231,7 +231,7 @@ def test_corrupt_shard_is_named_by_verify_tool_and_loader(shared_data: Path, tmp
     src.mkdir()
     (src / "cc.jsonl").write_bytes((shared_data / "web" / "cc_en_head-0174.jsonl").read_bytes())
     out = tmp_path / "out"
-    assert run_tool("--input", src, "--output", out, "--val-fraction", "0").returncode == 0
+    run_sharding(ShardJob([str(src)], str(out), ShardSettings(val_fraction=0.0), progress=False))
     assert verify_shards(out) == []
     shard = next((out / "train").rglob("shard.00000.mds.zstd"))
     blob = bytearray(shard.read_bytes())
