@@ -73,7 +73,10 @@ done
 for v in CPU_RANKS M_PORT; do [[ "${!v}" =~ ^[0-9]+$ ]] || die "--${v,,} must be a number, got '${!v}'"; done
 
 # ---------------------------------------------------------------- devices on this node
-NGPU="$("$PY" -c 'import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)' 2>/dev/null || echo 0)"
+NGPU=0
+if compgen -G "/dev/nvidia[0-9]*" > /dev/null || [[ -n "${PMNET_FORCE_GPU_PROBE:-}" ]]; then  # skip a torch import on CPU hosts
+    NGPU="$("$PY" -c 'import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)' 2>/dev/null || echo 0)"
+fi
 if [[ "$NGPU" -gt 0 ]]; then
     PER_NODE="${GPUS:-$NGPU}"
     DEVICE="cuda"

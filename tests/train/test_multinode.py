@@ -6,6 +6,7 @@ master on loopback) form one job that trains and checkpoints, through DeepSpeed'
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -15,6 +16,21 @@ import pytest
 from tests.train.conftest import REPO, VENV_BIN, base_overrides, finish, free_port, launch_env, start_launch
 
 STEPS = 4
+
+
+def as_other_node(cmd: list[str], node: int) -> list[str]:
+    """Node 1 gets its own /dev/shm (a private mount namespace), as a second machine has.
+
+    mosaicml-streaming assumes one node per machine: two node-local leaders sharing /dev/shm race
+    for the same shared-memory prefix (FileExistsError '/000000_locals').
+    """
+    if node == 0:
+        return cmd
+    if shutil.which("unshare") is None:
+        pytest.skip("needs util-linux unshare to give the second 'node' its own /dev/shm")
+    user_ns = [] if os.geteuid() == 0 else ["-r"]
+    script = 'mount -t tmpfs -o size=512m tmpfs /dev/shm && exec "$@"'
+    return ["unshare", *user_ns, "-m", "--propagation", "private", "sh", "-c", script, "sh", *cmd]
 
 
 def _check_job(tmp_path: Path, name: str, results: list) -> None:
@@ -46,7 +62,8 @@ def test_two_node_launches_no_ssh(shards: Path, tmp_path: Path) -> None:
         cmd = ["bash", "launchers/pretrain.sh", "configs/demo.yaml", *_node_overrides(shards, tmp_path, "ns", node),
                "--num-nodes", "2", "--node-rank", str(node), "--master-addr", "127.0.0.1", "--master-port", port,
                "--cpu-ranks", "1"]  # fmt: skip
-        procs.append((start_launch(cmd, launch_env(), tmp_path / f"node{node}.log"), tmp_path / f"node{node}.log"))
+        log = tmp_path / f"node{node}.log"
+        procs.append((start_launch(as_other_node(cmd, node), launch_env(), log), log))
     _check_job(tmp_path, "ns", [finish(p, log, t0) for p, log in procs])
 
 
@@ -79,5 +96,6 @@ def test_two_node_slurm_script(shards: Path, tmp_path: Path) -> None:
             "configs/demo.yaml",
             *_node_overrides(shards, tmp_path, "sl", node),
         ]
-        procs.append((start_launch(cmd, env, tmp_path / f"slurm{node}.log"), tmp_path / f"slurm{node}.log"))
+        log = tmp_path / f"slurm{node}.log"
+        procs.append((start_launch(as_other_node(cmd, node), env, log), log))
     _check_job(tmp_path, "sl", [finish(p, log, t0) for p, log in procs])
