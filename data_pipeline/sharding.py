@@ -65,6 +65,10 @@ class ShardJob:
     progress: bool = True
 
 
+def _is_old_copy(path: Path, out: Path) -> bool:
+    return any(p.parent == out.parent and p.name.startswith(f".{out.name}.old-") for p in path.parents)
+
+
 def staging_dir(output: Path) -> Path:
     """Where an unfinished run of ``output`` keeps its work (a hidden sibling)."""
     return output.parent / f".{output.name}.partial"
@@ -81,12 +85,15 @@ def run_sharding(job: ShardJob) -> dict[str, Any]:
     if job.workers < 1:
         raise DataPipelineError(f"--workers {job.workers}: must be >= 1")
     inputs = expand_inputs(job.inputs)
+    out = Path(job.output).resolve()
+    # An output inside an input directory must not become input (its index.json would read as
+    # jsonl): files under the output, its staging directory, or an old copy are skipped.
+    own = (out, staging_dir(out))
+    inputs = [p for p in inputs if not any(p == o or o in p.parents for o in own) and not _is_old_copy(p, out)]
+    if not inputs:
+        raise DataPipelineError(f"--input {' '.join(job.inputs)}: no input left outside the output directory")
     for path in inputs:
         check_input(path)
-    out = Path(job.output).resolve()
-    for path in inputs:
-        if out == path or out in path.parents:
-            raise DataPipelineError(f"--output {job.output}: contains the input {path}")
     state = {"settings": settings.to_dict(), "inputs": [input_identity(p) for p in inputs]}
     # Refusals and "up to date" are decided read-only, before even the lock file is created.
     done = _preflight(job, out, state)
@@ -214,6 +221,8 @@ def _run_units(
         file=sys.stderr,
         smoothing=0.1,
         dynamic_ncols=True,
+        # In a log file (no terminal) a line every 10 s, not ten per second.
+        mininterval=0.2 if sys.stderr.isatty() else 10.0,
     )
     try:
         if workers == 1 or len(pending) <= 1:
@@ -267,6 +276,9 @@ _worker_q: Any = None
 def _init_worker(q: Any) -> None:
     global _worker_q
     _worker_q = q
+    # Ctrl-C reaches the whole process group: only the parent handles it (and terminates the
+    # pool), so the user sees one line instead of a traceback per worker.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Die with the parent: an orphaned worker of a killed run would keep writing into staging
     # while the rerun redoes the same unit. PR_SET_PDEATHSIG = 1 (Linux).
     with contextlib.suppress(OSError, AttributeError):

@@ -252,7 +252,7 @@ def _parse_json_line(line: bytes, path: Path, lineno: int) -> dict[str, Any]:
         raise DataPipelineError(f"input {str(path)!r} line {lineno}: not valid JSON ({_one_line(err)})") from None
     if not isinstance(obj, dict):
         raise DataPipelineError(f"input {str(path)!r} line {lineno}: expected a JSON object per line")
-    if not isinstance(obj.get("text"), str):
+    if "text" not in obj or not isinstance(obj["text"], str | None):
         raise DataPipelineError(f"input {str(path)!r} line {lineno}: record has no string 'text' field")
     return obj
 
@@ -263,7 +263,7 @@ def _record_to_document(obj: dict[str, Any]) -> Document:
     score = obj.get("int_score")
     lang = obj.get("language", meta.get("language"))
     return Document(
-        obj["text"],
+        obj["text"] or "",  # null text: an empty document, dropped and counted as "empty"
         str(doc_id) if doc_id is not None else None,
         int(score) if isinstance(score, int | float) else None,
         lang if isinstance(lang, str) else None,

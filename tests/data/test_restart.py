@@ -100,3 +100,33 @@ def test_sigkill_then_rerun_equals_uninterrupted(shared_data: Path, tmp_path: Pa
     for m in (m_killed, m_clean):
         m.pop("created")
     assert m_killed == m_clean
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.slow
+def test_ctrl_c_is_one_line_and_resumable(shared_data: Path, tmp_path: Path) -> None:
+    """SIGINT to the whole process group (what Ctrl-C does): no traceback from any worker."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for copy in range(3):  # enough work that the interrupt lands mid-run
+        for p in sorted((shared_data / "books").glob("pg*.txt")):
+            shutil.copy(p, corpus / f"{copy}_{p.name}")
+    out = tmp_path / "out"
+    args = ["--input", str(corpus), "--output", str(out), "--workers", "2", "--text-unit-bytes", "1000000"]
+    proc = subprocess.Popen(
+        [sys.executable, str(TOOL), *args, "--no-progress"],
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    units = staging_dir(out) / "units"
+    deadline = time.monotonic() + 200
+    while time.monotonic() < deadline and proc.poll() is None and not list(units.glob("u*.json")):
+        time.sleep(0.02)
+    assert proc.poll() is None, "the tool ended before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines() == ["shard_dataset: interrupted; rerun the same command to resume"]
+    assert not out.exists() and list(units.glob("u*.json"))  # finished units kept for the rerun

@@ -148,3 +148,16 @@ def test_real_subprocess_errors_and_overwrite(good: tuple[Path, Path], tmp_path:
     assert '"min_chars": 100' in (out / "manifest.json").read_text()
     # No staging or old copy left behind (only the empty lock file .out.lock stays).
     assert [p.name for p in out.parent.glob(".out.*")] == [".out.lock"]
+
+
+@pytest.mark.timeout(120)
+def test_output_inside_an_input_directory_is_not_read_back(
+    good: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    src, _ = good
+    argv = ["--input", str(src), "--output", str(src / "shards"), "--no-progress"]
+    assert cli.main(argv) == 0
+    before = tree_snapshot(src / "shards")
+    assert cli.main(argv) == 0  # its index.json / manifest.json are not taken for jsonl inputs
+    assert "up to date" in capsys.readouterr().err
+    assert tree_snapshot(src / "shards") == before
