@@ -10,11 +10,19 @@
         # leaving the for loop normally = end of epoch; the next `for` starts the next epoch
 
 Ranks and loader workers are partitioned by mosaicml-streaming from the environment
-(RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, as DeepSpeed / torchrun set them).
+(RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, as DeepSpeed / torchrun set them). When
+torch.distributed is initialised, building a dataset runs a barrier: every rank must build its
+loaders at the same point. Call ``clean_stale_shared_memory()`` on local rank 0 (then a barrier)
+before the first dataset is built; it removes only entries no live process maps (shm.py).
 
 Epoch tracking: the epoch counter lives in the dataset's shared memory. Every new
 ``iter(loader)`` starts the next epoch, unless a state was loaded with ``load_state_dict``, in
-which case it continues that epoch at the saved sample. ``loader.state_dict()`` returns
+which case it continues that epoch at the saved sample. A state saved exactly at the end of an
+epoch resumes with one *empty* pass (nothing left of that epoch), then the next epoch as in the
+uninterrupted run: an empty pass is normal, not an error. Each epoch is reshuffled
+(seed + epoch); with ``drop_last`` the few samples that do not fill a last batch differ per
+epoch. Build each loader once per process and iterate it many times: streaming refuses a second
+live dataset on the same directory. ``loader.state_dict()`` returns
 ``{"epoch", "sample_in_epoch", "num_canonical_nodes", "shuffle_seed", "initial_physical_nodes"}``
 (streaming's format; save it in every checkpoint). It must be called on every rank at the
 same step (it counts this rank's yielded samples times the world size).

@@ -26,13 +26,14 @@ def split_dirs(root: str | os.PathLike[str]) -> list[Path]:
     return [root / s for s in ("train", "val") if (root / s / "index.json").exists()]
 
 
-def verify_shards(root: str | os.PathLike[str]) -> list[str]:
+def verify_shards(root: str | os.PathLike[str], *, missing_ok: bool = False) -> list[str]:
     """Problems found (empty list = all good), each naming the shard file.
 
     ``root`` is a split directory (with index.json) or a sharding output (train/, val/).
     Checks every file the index names that is present: the compressed file against its
     recorded hashes and size, and a decompressed copy (streaming writes one next to a
-    local-only shard) against the raw hashes.
+    local-only shard) against the raw hashes. A shard with neither file is a problem, unless
+    ``missing_ok`` (the local cache of a remote stream holds only what was downloaded).
     """
     root = Path(root)
     dirs = split_dirs(root)
@@ -59,7 +60,7 @@ def verify_shards(root: str | os.PathLike[str]) -> list[str]:
                 problem = _check_file(path, info)
                 if problem:
                     problems.append(problem)
-            if not checked:
+            if not checked and not missing_ok:
                 name = (zip_info or raw_info or {}).get("basename", "?")
                 problems.append(f"{d / name}: missing")
     return problems

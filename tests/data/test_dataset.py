@@ -157,6 +157,11 @@ def test_mid_epoch_resume_with_workers_is_exact(shared_data: Path, tmp_path: Pat
     assert resumed["passes"][1] == e1  # and the following epoch is the uninterrupted one
     assert [s["epoch"] for s in resumed["states"]] == [0, 1]
 
+    # A state saved right at the end of an epoch: the first pass is empty, then the next epoch.
+    state_path.write_text(json.dumps(full["states"][0]))
+    at_end = run(_fresh_copy(out, tmp_path / "copy3"), epochs=2, load_state=str(state_path))
+    assert at_end["passes"] == [[], e1]
+
 
 def _fresh_copy(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
