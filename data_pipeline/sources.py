@@ -109,7 +109,7 @@ def expand_inputs(specs: list[str]) -> list[Path]:
             found.extend(files)
         elif os.path.isdir(spec):
             files = []
-            for root, dirs, names in os.walk(spec):
+            for root, dirs, names in os.walk(spec, onerror=_raise_walk_error):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
                 files.extend(Path(root) / n for n in sorted(names) if format_of(n) and not n.startswith("."))
             if not files:
@@ -125,6 +125,11 @@ def expand_inputs(specs: list[str]) -> list[Path]:
     for p in found:
         unique.setdefault(p.resolve(), None)
     return sorted(unique)
+
+
+def _raise_walk_error(err: OSError) -> None:
+    # os.walk skips unreadable directories silently; a corpus must not shrink silently.
+    raise DataPipelineError(f"input {err.filename!r}: cannot list directory ({err.strerror})")
 
 
 def _supported_text() -> str:
