@@ -1,0 +1,57 @@
+"""Launch helpers of the checkpoint tests: N CPU ranks of tests/ckpt/ds_worker.py, tool subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+PY = sys.executable
+WORKER = Path(__file__).with_name("ds_worker.py")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def launch(spec: dict[str, Any], workdir: Path, world: int, timeout: float = 300) -> list[dict[str, Any]]:
+    """Run ``world`` ranks of the worker on ``spec``; return each rank's result (fails loudly on any bad exit)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    for old in workdir.glob("result_rank*.json"):
+        old.unlink()
+    spec_path = workdir / "spec.json"
+    spec_path.write_text(json.dumps(spec))
+    port = free_port()
+    procs = []
+    for rank in range(world):
+        env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1",
+                   PYTHONPATH=str(REPO))  # fmt: skip
+        log = open(workdir / f"rank{rank}.log", "w")  # noqa: SIM115 (closed after wait)
+        procs.append((subprocess.Popen([PY, str(WORKER), str(spec_path)], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                       cwd=REPO), log))  # fmt: skip
+    codes = []
+    for p, log in procs:
+        try:
+            codes.append(p.wait(timeout=timeout))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            codes.append("timeout")
+        log.close()
+    if any(c != 0 for c in codes):
+        tails = "\n".join((workdir / f"rank{r}.log").read_text()[-3000:] for r in range(world))
+        raise AssertionError(f"worker exit codes {codes}\n{tails}")
+    return [json.loads((workdir / f"result_rank{r}.json").read_text()) for r in range(world)]
+
+
+def run_tool(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run ``python tools/<args>`` from the repo root; returns the completed process."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), DS_ACCELERATOR="cpu")
+    return subprocess.run([PY, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
