@@ -25,6 +25,8 @@ import shutil
 import signal
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -238,36 +240,49 @@ def _run_units(
 def _run_pool(
     pending: list[WorkUnit], settings: ShardSettings, staging: Path, workers: int, bar: Any
 ) -> dict[str, dict[str, Any]]:
-    # fork: workers inherit the imported modules (streaming takes ~1.7 s to import afresh).
+    import streaming  # noqa: F401  (imported once here: forked workers inherit it, ~2-6 s each otherwise)
+
+    # fork: workers inherit the imported modules. ProcessPoolExecutor rather than
+    # multiprocessing.Pool: a worker killed by the OOM killer breaks the pool (BrokenProcessPool)
+    # instead of leaving its task pending forever.
     ctx = mp.get_context("fork")
     progress_q = ctx.Queue()
     results: dict[str, dict[str, Any]] = {}
     # Largest units first: the run ends sooner when the big ones do not start last.
     order = sorted(pending, key=lambda u: (-u.size, u.index))
-    with ctx.Pool(min(workers, len(pending)), initializer=_init_worker, initargs=(progress_q,)) as pool:
-        asyncs = [(u, pool.apply_async(_worker_unit, (u, settings, staging))) for u in order]
-        remaining = list(asyncs)
-        while remaining:
-            try:
-                while True:
-                    bar.update(progress_q.get(timeout=0.2))
-            except queue.Empty:
-                pass
-            still = []
-            for unit, res in remaining:
-                if res.ready():
-                    results[unit.name] = res.get()  # re-raises a worker's DataPipelineError
-                else:
-                    still.append((unit, res))
-            remaining = still
-        # Drain the last progress messages so the bar ends at 100%.
-        time.sleep(0.05)
-        try:
-            while True:
-                bar.update(progress_q.get_nowait())
-        except queue.Empty:
-            pass
+    ex = ProcessPoolExecutor(min(workers, len(pending)), mp_context=ctx, initializer=_init_worker,
+                             initargs=(progress_q,))  # fmt: skip
+    try:
+        futures = {ex.submit(_worker_unit, u, settings, staging): u for u in order}
+        while futures:
+            _drain(progress_q, bar, timeout=0.2)
+            for fut in [f for f in futures if f.done()]:
+                unit = futures.pop(fut)
+                try:
+                    results[unit.name] = fut.result()  # re-raises a worker's DataPipelineError
+                except BrokenProcessPool:
+                    raise DataPipelineError(
+                        f"a worker process died (killed, out of memory?) while units such as {unit.name} "
+                        f"({unit.inputs[0]}) were in progress; rerun the same command to resume"
+                    ) from None
+        _drain(progress_q, bar, timeout=0.05)  # the last messages: the bar ends at 100%
+    except BaseException:
+        # Error or Ctrl-C: stop now. Workers ignore SIGINT and would finish their unit first.
+        for proc in list(getattr(ex, "_processes", {}).values()):
+            proc.kill()
+        ex.shutdown(wait=False, cancel_futures=True)
+        raise
+    ex.shutdown(wait=True)
     return results
+
+
+def _drain(q: Any, bar: Any, timeout: float) -> None:
+    try:
+        bar.update(q.get(timeout=timeout))
+        while True:
+            bar.update(q.get_nowait())
+    except queue.Empty:
+        pass
 
 
 _worker_q: Any = None

@@ -130,3 +130,30 @@ def test_ctrl_c_is_one_line_and_resumable(shared_data: Path, tmp_path: Path) -> 
     assert proc.returncode == 130, err
     assert err.strip().splitlines() == ["shard_dataset: interrupted; rerun the same command to resume"]
     assert not out.exists() and list(units.glob("u*.json"))  # finished units kept for the rerun
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.slow
+def test_a_killed_worker_fails_the_run_in_one_line(shared_data: Path, tmp_path: Path) -> None:
+    """The OOM killer takes one worker: the run stops with one line instead of hanging."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for copy in range(3):
+        for p in sorted((shared_data / "books").glob("pg*.txt")):
+            shutil.copy(p, corpus / f"{copy}_{p.name}")
+    out = tmp_path / "out"
+    args = ["--input", str(corpus), "--output", str(out), "--workers", "2", "--text-unit-bytes", "1000000"]
+    proc = subprocess.Popen([sys.executable, str(TOOL), *args, "--no-progress"], cwd=REPO, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    units = staging_dir(out) / "units"
+    deadline = time.monotonic() + 200
+    while time.monotonic() < deadline and proc.poll() is None and not list(units.glob("u*.json")):
+        time.sleep(0.02)
+    assert proc.poll() is None, "the tool ended before a worker could be killed"
+    workers = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    os.kill(int(workers[0]), signal.SIGKILL)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "a worker process died" in lines[0] and "rerun the same command" in lines[0]
+    assert not out.exists()
