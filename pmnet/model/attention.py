@@ -121,7 +121,10 @@ def flex_attention_backend(q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask,
     from torch.nn.attention.flex_attention import flex_attention
 
     scale = q.shape[-1] ** -0.5
-    if q.is_cuda and not torch.compiler.is_compiling():
+    if torch.compiler.is_compiling():
+        # inside a caller's graph: inlined there (and dynamo cannot trace warnings.catch_warnings)
+        return flex_attention(q, k, v, block_mask=mask.block, scale=scale)
+    if q.is_cuda:
         return _compiled_flex()(q, k, v, block_mask=mask.block, scale=scale)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "called without torch.compile": expected on CPU

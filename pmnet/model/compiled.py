@@ -1,0 +1,54 @@
+"""Compile the fast path for the GPU with as few distinct graphs as possible.
+
+``PMNetForCausalLM.compile_layers()`` compiles each decoder layer whole. The layers of
+different levels differ in shapes (anchors [N**k, N, M], carried group states), and write
+layers differ from read-only ones, so that is up to 2 x K distinct graphs, each compiled
+for forward and backward: minutes of inductor time.
+
+:func:`compile_fast_path` (``mode="modules"``, the default) compiles pieces whose shapes do
+not depend on the level instead, each once for all 12 layers:
+
+* the memory read, write and scan as pure tensor functions (``fused.set_compiled``);
+* every ``PMNetAttention`` (projections, q/k norms, RoPE, flex attention), ``SwiGLU`` and
+  ``RMSNorm`` module. Dynamo lifts module parameters to graph inputs
+  (``inline_inbuilt_nn_modules``), so the 12 instances share one graph per module class.
+
+Left eager: residual adds, the anchor gather and Phi accumulation (a few [B, T, N, M] fp32
+elementwise ops per layer). Nothing here changes the math or the state_dict keys.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from torch import nn
+
+from pmnet.model import fused
+from pmnet.model.attention import PMNetAttention
+from pmnet.model.layers import RMSNorm, SwiGLU
+
+
+def compile_fast_path(model: nn.Module, mode: Literal["modules", "layers"] = "modules") -> nn.Module:
+    """Compile ``model`` (a PMNetForCausalLM) in place for speed; returns it.
+
+    ``modules``: shared graphs per module class plus the compiled memory cores (see the
+    module docstring). ``layers``: ``compile_layers()`` (each decoder layer whole,
+    fullgraph), with the memory cores inlined into the layer graphs.
+    """
+    if mode == "layers":
+        fused.set_compiled(False)  # inlined into the layer graphs instead
+        model.compile_layers()
+        return model
+    if mode != "modules":
+        raise ValueError(f"mode={mode!r}: use 'modules' or 'layers'")
+    fused.set_compiled(True)
+    for sub in model.modules():
+        shared = isinstance(sub, PMNetAttention | SwiGLU)
+        if shared or (isinstance(sub, RMSNorm) and not _inside_attention(model, sub)):
+            sub.compile(fullgraph=True, dynamic=False)
+    return model
+
+
+def _inside_attention(model: nn.Module, norm: nn.Module) -> bool:
+    """q/k norms live inside PMNetAttention and are compiled with it."""
+    return any(isinstance(sub, PMNetAttention) and any(m is norm for m in sub.modules()) for sub in model.modules())
