@@ -175,6 +175,11 @@ def build_model(cfg: Config, ds_config: dict[str, Any]) -> nn.Module:
     with deepspeed.zero.Init(config_dict_or_path=ds_config, enabled=cfg.deepspeed.zero_stage == 3):
         model = PMNetForCausalLM(cfg.model)
     model.set_activation_checkpointing(cfg.train.activation_checkpointing)
+    if cfg.train.compile and cfg.train.device != "cpu" and torch.cuda.is_available():
+        # shared compiled graphs for all layers + compiled memory cores (pmnet/model/compiled.py)
+        from pmnet.model.compiled import compile_fast_path
+
+        compile_fast_path(model)
     return model
 
 
