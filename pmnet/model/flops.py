@@ -30,9 +30,19 @@ def mean_keys_seen(window: int, seq_len: int | None) -> float:
 
 
 def forward_flops_breakdown(
-    cfg: PMNetConfig, seq_len: int | None = None, dense_attention: bool = False
+    cfg: PMNetConfig, seq_len: int | None = None, dense_attention: bool = False, implementation: str = "model"
 ) -> dict[str, float]:
-    """Forward matmul FLOPs per byte by component (the sum is ``forward_flops_per_byte``)."""
+    """Forward matmul FLOPs per byte by component (the sum is ``forward_flops_per_byte``).
+
+    ``implementation="model"`` counts the model as MODEL.md defines it: the whole read
+    projection Wkv (keys and values) on each of the N slots of every byte; this is the
+    count for MFU and the one ``PMNetConfig.flops_per_byte`` reports. ``"fast"`` counts the
+    products the fast path (``fused.read_core``) actually runs: the value half of Wkv is
+    linear and the read softmax sums to 1, so it runs once per head on the
+    attention-weighted slot features instead of on every slot.
+    """
+    if implementation not in ("model", "fast"):
+        raise ValueError(f"implementation={implementation!r}: use 'model' or 'fast'")
     d, hw, hd, heads = cfg.hidden_size, cfg.attn_width, cfg.head_dim, cfg.num_attention_heads
     n, m, r = cfg.num_memory, cfg.memory_size, cfg.num_memory_read_heads
     layers = cfg.num_hidden_layers
@@ -51,11 +61,21 @@ def forward_flops_breakdown(
         "memory_write": 0.0,
     }
     if cfg.use_memory:
+        if implementation == "model":
+            values = (
+                n * 2 * (2 * m) * (r * m)  # value half of proj_kv on each of the N slots
+                + r * n * 2 * m  # attention-weighted sum of slot values
+            )
+        else:
+            values = (
+                r * n * 2 * (2 * m)  # attention-weighted slot features, per head
+                + r * 2 * (2 * m) * m  # value half of proj_kv once per head
+            )
         read = (
             2 * d * r * m  # proj_q
-            + n * 2 * (2 * m) * (2 * r * m)  # proj_kv on each of the N slots
-            + r * n * 2 * (2 * m)  # phase scores as [cos, sin] dot products
-            + r * n * 2 * m  # attention-weighted sum of slot values
+            + n * 2 * (2 * m) * (r * m)  # key half of proj_kv on each of the N slots
+            + r * n * 2 * (2 * m)  # phase scores as cos.cos + sin.sin dot products
+            + values
             + 2 * r * m * d  # proj_out
         )
         write = (
@@ -70,6 +90,8 @@ def forward_flops_breakdown(
     return {k: float(v) for k, v in out.items()}
 
 
-def forward_flops_per_byte(cfg: PMNetConfig, seq_len: int | None = None, dense_attention: bool = False) -> float:
+def forward_flops_per_byte(
+    cfg: PMNetConfig, seq_len: int | None = None, dense_attention: bool = False, implementation: str = "model"
+) -> float:
     """Forward matmul FLOPs per byte (training is about 3x this: forward + two backward products)."""
-    return sum(forward_flops_breakdown(cfg, seq_len, dense_attention).values())
+    return sum(forward_flops_breakdown(cfg, seq_len, dense_attention, implementation).values())

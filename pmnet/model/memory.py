@@ -49,12 +49,27 @@ class WriteResult:
     "[B, T, N, M] detached increments s_n * theta (diagnostics)."
 
 
-def anchor_angles(anchors: Tensor | None, group: Tensor, shape: tuple[int, int, int, int]) -> Tensor | None:
-    """E_k[g] as fp32 [B, T, N, M] (None when the level's anchors are zeroed)."""
-    if anchors is None:
-        return None
-    g_count = anchors.shape[0]
-    return F.embedding(group, anchors.float().reshape(g_count, -1)).view(shape)
+class AnchorTree(nn.ParameterList):
+    """The anchors ``E_k`` [N**k, N, M] of every level (keys ``memory_embeddings.{k}``).
+
+    Looked up through this module's own ``forward`` so that parameter-gathering hooks
+    (DeepSpeed ZeRO-3 fetches a module's parameters when the module is called) see the use.
+    """
+
+    def __init__(self, cfg: PMNetConfig) -> None:
+        n, m, std = cfg.num_memory, cfg.memory_size, cfg.initializer_range
+        # initialised before wrapping: ZeRO-3's zero.Init partitions them when the list is built
+        super().__init__(
+            nn.Parameter(torch.empty(cfg.groups_at_level(k), n, m).normal_(0.0, std)) for k in range(cfg.num_levels)
+        )
+
+    __call__ = nn.Module.__call__  # ParameterList forbids calls; we want the Module call (and its hooks)
+
+    def forward(self, level: int, group: Tensor) -> Tensor:
+        """E_level[g] as fp32 angles: group [B, T] -> [B, T, N, M]."""
+        table = self[level]
+        g_count, n, m = table.shape
+        return F.embedding(group, table.float().reshape(g_count, n * m)).view(*group.shape, n, m)
 
 
 class PhasorMemoryWrite(nn.Module):

@@ -22,9 +22,9 @@ from pmnet.model.attention import AttentionMask, PMNetAttention, build_attention
 from pmnet.model.config import PMNetConfig
 from pmnet.model.layers import NormalEmbedding, NormalLinear, RMSNorm, SwiGLU, rope_cos_sin
 from pmnet.model.memory import (
+    AnchorTree,
     PhasorMemoryRead,
     PhasorMemoryWrite,
-    anchor_angles,
     write_diagnostics,
 )
 from pmnet.model.state import PMNetState
@@ -82,14 +82,14 @@ class PMNetDecoderLayer(nn.Module):
         past_v: Tensor | None,
         phase: Tensor | None,
         group: Tensor | None,
-        anchors: Tensor | None,
+        anchor: Tensor | None,
         carried: Tensor | None,
         collect: bool = False,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None, dict[str, Tensor]]:
         """One layer.
 
         h [B, T, d]; cos/sin [T, hd]; mask: the chunk's attention window; past_k/v [B, H, <=W-1, hd]; phase Phi [B, T, N, M] fp32;
-        group [B, T] level-k ids; anchors E_k [G, N, M] or None (zeroed); carried [B, G, N, M]
+        group [B, T] level-k ids; anchor E_k[g] [B, T, N, M] fp32 or None (zeroed); carried [B, G, N, M]
         (write layers). Returns (h, new_k, new_v, Phi, child group or None, new group state
         or None, diagnostics).
         """
@@ -99,7 +99,6 @@ class PMNetDecoderLayer(nn.Module):
         diag: dict[str, Tensor] = {}
         if self.has_memory:
             assert phase is not None and group is not None
-            anchor = anchor_angles(anchors, group, tuple(phase.shape))
             if self.writes:
                 assert carried is not None
                 phi = phase if anchor is None else phase + anchor
@@ -124,12 +123,7 @@ class PMNetModel(nn.Module):
         self.layers = nn.ModuleList(PMNetDecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         if cfg.use_memory:
-            n, m = cfg.num_memory, cfg.memory_size
-            self.memory_embeddings = nn.ParameterList(
-                # initialised before wrapping: ZeRO-3's zero.Init partitions them when the list is built
-                nn.Parameter(torch.empty(cfg.groups_at_level(k), n, m).normal_(0.0, cfg.initializer_range))
-                for k in range(cfg.num_levels)
-            )
+            self.memory_embeddings = AnchorTree(cfg)
         self.gradient_checkpointing = False
 
     def forward(
@@ -142,7 +136,7 @@ class PMNetModel(nn.Module):
         cos, sin = rope_cos_sin(state.position, t, cfg.head_dim, cfg.rope_theta, ids.device)
         n_past = state.keys[0].shape[-2] if state.keys else 0
         mask = build_attention_mask(cfg, t, n_past, ids.device, self.training)
-        phase = group = child = None
+        phase = group = child = anchor = None
         if cfg.use_memory:
             phase = torch.zeros(b, t, cfg.num_memory, cfg.memory_size, device=ids.device)  # Phi, fp32
             group = torch.zeros(b, t, dtype=torch.int64, device=ids.device)  # root
@@ -151,15 +145,16 @@ class PMNetModel(nn.Module):
         use_ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for i, layer in enumerate(self.layers):
             level = layer.level
-            anchors = carried = None
-            if cfg.use_memory:
-                if layer.writes and child is not None:
+            carried = None
+            if cfg.use_memory and layer.writes:
+                if child is not None:
                     group = child  # routing of level k-1 takes effect from layer kP on
-                carried = state.group_phases[level] if layer.writes else None
-                anchors = None if level in zeroed else self.memory_embeddings[level]
+                carried = state.group_phases[level]
+                # E_k[g]: one lookup serves the P layers of the level
+                anchor = None if level in zeroed else self.memory_embeddings(level, group)
             past_k = state.keys[i] if state.keys else None
             past_v = state.values[i] if state.values else None
-            args = (h, cos, sin, mask, past_k, past_v, phase, group, anchors, carried, collect)
+            args = (h, cos, sin, mask, past_k, past_v, phase, group, anchor, carried, collect)
             if use_ckpt:
                 out = checkpoint(layer, *args, use_reentrant=False)
             else:

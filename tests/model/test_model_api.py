@@ -127,11 +127,13 @@ def test_decoder_layer_traces_without_graph_breaks() -> None:
     args = (
         torch.randn(b, t, cfg.hidden_size), cos, sin, mask, None, None,
         torch.zeros(b, t, cfg.num_memory, cfg.memory_size), torch.zeros(b, t, dtype=torch.long),
-        model.model.memory_embeddings[0], torch.zeros(b, 1, cfg.num_memory, cfg.memory_size),
+        model.model.memory_embeddings(0, torch.zeros(b, t, dtype=torch.long)), torch.zeros(b, 1, cfg.num_memory, cfg.memory_size),
     )  # fmt: skip
+    compiled_layer = torch.compile(layer, backend="eager", fullgraph=True)
+    out = compiled_layer(*args)  # training mode, with grad: the path the trainer compiles
+    out[0].sum().backward()
     eager = layer(*args)
-    compiled = torch.compile(layer, backend="eager", fullgraph=True)(*args)
-    assert torch.equal(eager[0], compiled[0]) and torch.equal(eager[4], compiled[4])
+    assert torch.allclose(eager[0], out[0], atol=1e-5) and torch.allclose(eager[3], out[3], atol=1e-5)
 
 
 def test_invalid_config_is_refused() -> None:
@@ -148,7 +150,7 @@ def test_compile_layers_keeps_keys_and_numbers() -> None:
         model.compile_layers(backend="eager")  # dynamo capture only: no C++ build on CPU
         out, _ = model(ids)
     assert list(model.state_dict()) == keys
-    assert torch.equal(base, out)
+    assert (base - out).abs().max() < 1e-5
 
 
 def test_initialisation_at_construction() -> None:

@@ -19,8 +19,11 @@ def test_changing_a_byte_changes_nothing_before_it(backend: str, impl: str) -> N
             changed = ids.clone()
             changed[0, t] = (changed[0, t] + 101) % 256
             out, _ = model(changed)
-            assert torch.equal(out[:, :t], base[:, :t]), f"logits before {t} changed"
-            assert not torch.equal(out[:, t], base[:, t])
+            # up to rounding: the fast scan sorts all positions by group, so a later byte's
+            # routing can move block boundaries and change the rounding (1e-7) of earlier sums
+            if t > 0:
+                assert (out[:, :t] - base[:, :t]).abs().max() < 1e-5, f"logits before {t} changed"
+            assert (out[:, t] - base[:, t]).abs().max() > 1e-3
 
 
 def test_memory_carries_information_beyond_the_window() -> None:
