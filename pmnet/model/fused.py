@@ -77,6 +77,17 @@ def phase_scores_fused(q: Tensor, key: Tensor) -> Tensor:
     return phase_scores(q, key)
 
 
+def weighted_features(a: Tensor, feats: Tensor) -> Tensor:
+    """``g_r = sum_n a_rn f_n``: a [B, T, R, N] fp32, feats [B, T, N, 2M] -> [B, T, R, 2M] fp32.
+
+    Compiled: one fused reduction over the N slots (the features are recomputed from phi in
+    registers, never stored in fp32); eager: a batched matmul.
+    """
+    if torch.compiler.is_compiling():
+        return (a.unsqueeze(-1) * feats.float().unsqueeze(2)).sum(3)
+    return torch.matmul(a, feats.float())
+
+
 def read_core(
     h: Tensor,
     phi: Tensor,
@@ -100,7 +111,7 @@ def read_core(
     k_pre = F.linear(feats, wkv[:rm], bkv[:rm])  # [B, T, N, RM]: key half only
     key = (math.pi * torch.tanh(k_pre.float())).view(b, t, n, r, m).transpose(2, 3)  # [B, T, R, N, M]
     a = torch.softmax(phase_scores_fused(q, key) / math.sqrt(m), dim=-1)  # [B, T, R, N]
-    g = torch.matmul(a, feats.float())  # [B, T, R, 2M]: attention-weighted features per head
+    g = weighted_features(a, feats)  # [B, T, R, 2M]: attention-weighted features per head
     wv = wkv[rm:].view(r, m, 2 * m)  # head r's value rows
     val = torch.einsum("btrf,rmf->btrm", g.to(wkv.dtype), wv) + bkv[rm:].view(r, m)  # [B, T, R, M]
     return F.linear(val.reshape(b, t, rm).to(wo.dtype), wo, bo)
