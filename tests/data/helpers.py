@@ -113,6 +113,17 @@ def expected_documents(path: Path) -> list[tuple[str | None, str]]:
     return [(None, path.read_bytes().decode("utf-8"))]
 
 
+def load_cli() -> Any:
+    """tools/shard_dataset.py as a module (tools/ is not a package), to call its main() in-process."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("shard_dataset_cli", TOOL)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def run_tool(*args: str | os.PathLike[str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """Run tools/shard_dataset.py as a user would (a real subprocess)."""
     return subprocess.run(

@@ -7,19 +7,15 @@ on 2 cores); two go through a real subprocess to show what a user sees.
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import os
 import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.data.helpers import TOOL, run_tool, tree_snapshot, write_fineweb_parquet
+from tests.data.helpers import load_cli, run_tool, tree_snapshot, write_fineweb_parquet
 
-_spec = importlib.util.spec_from_file_location("shard_dataset_cli", TOOL)
-assert _spec and _spec.loader
-cli = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(cli)
+cli = load_cli()
 
 
 @pytest.fixture
