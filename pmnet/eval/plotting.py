@@ -99,7 +99,7 @@ def plot_copy_paste(
         ax.set_ylim(-3, 103)
         ax.grid(True, alpha=0.3)
     axes[0].set_ylabel("accuracy (%)")
-    axes[0].legend(loc="lower left", fontsize=8)
+    axes[0].legend(loc="best", fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path)
