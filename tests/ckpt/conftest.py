@@ -2,7 +2,7 @@
 
 * ``z2_run``: tiny PMNet, ZeRO-2, bf16, 4 steps, checkpoints at steps 2 and 4 (the reference
   uninterrupted run for resume tests and the source of the corruption tests).
-* ``z3_run``: tiny PMNet, ZeRO-3, fp32, 2 steps, checkpoint at step 2, logits of a fixed input
+* ``z3_run``: tiny PMNet, ZeRO-3, fp32, 4 steps, checkpoints at steps 2 and 4, logits of a fixed input
   (reference memory implementation, see the fixture).
 
 Tests copy a run directory before changing anything in it.
@@ -54,6 +54,6 @@ def z3_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     work = tmp_path_factory.mktemp("z3")
     # memory_impl=reference: the fast path hands child-module weights to pure functions, which
     # ZeRO-3 never gathers (backward fails with a 0-size weight as of model commit 6d07b6c).
-    spec = {"stage": 3, "precision": "fp32", "steps": 2, "save_at": [2], "run_dir": str(work / "run"), "logits": True,
+    spec = {"stage": 3, "precision": "fp32", "steps": 4, "save_at": [2, 4], "run_dir": str(work / "run"), "logits": True,
             "model": {"memory_impl": "reference"}}  # fmt: skip
     return Run(work / "run", launch(spec, work / "job", 2))

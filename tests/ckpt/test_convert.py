@@ -24,7 +24,7 @@ def test_zero3_two_ranks_to_interchange_logits_equal_engine(z3_run, tmp_path: Pa
     from pmnet.model import load_pretrained
 
     out = tmp_path / "export"
-    p = run_tool("tools/convert_checkpoint.py", "interchange", str(z3_run.ckpt(2)), str(out), "--json")
+    p = run_tool("tools/convert_checkpoint.py", "interchange", str(z3_run.ckpt(4)), str(out), "--json")
     assert p.returncode == 0, p.stderr
     res = json.loads(p.stdout)
     assert res["zero_stage"] == 3 and res["world_size"] == 2 and res["files"] == ["model.safetensors", "config.json"]
