@@ -158,11 +158,14 @@ def time_training(config: str, variant: str, steps: int, warmup: int, peak: floa
     ds_config = deepspeed_config(cfg, env.world_size)
     _free()
     model = build_model(cfg, ds_config)
-    if mode != "eager":
-        compile_fast_path(model, mode)  # type: ignore[arg-type]
     engine, _ = build_engine(cfg, model, env, ds_config)
     ids = torch.randint(1, 254, (micro, seq + 1), device=env.device)
     inp, tgt = ids[:, :-1], ids[:, 1:]
+    eager_loss = None
+    if mode != "eager":
+        with torch.no_grad():  # the same first batch through the eager fast path: a check on the compiled one
+            eager_loss = lm_loss(engine(inp)[0], tgt).item()
+        compile_fast_path(model, mode)  # type: ignore[arg-type]
     times, losses = [], []
     t_first = time.time()
     for i in range(warmup + steps):
@@ -185,7 +188,7 @@ def time_training(config: str, variant: str, steps: int, warmup: int, peak: floa
         "zero_stage": cfg.deepspeed.zero_stage, "step_s": med, "step_times_s": times, "first_step_s": first_s,
         "bytes_per_s": bps, "flops_per_byte_analytic": analytic, "flops_per_byte_executed": executed,
         "mfu_analytic": bps * analytic / peak, "mfu_executed": bps * executed / peak,
-        "peak_mem_gib": _peak_gib(), "losses": losses,
+        "peak_mem_gib": _peak_gib(), "losses": losses, "eager_first_loss": eager_loss,
     }  # fmt: skip
     del engine, model, logits, loss
     _free()
@@ -271,7 +274,7 @@ def long_context(preset: str, books: Path, chunk: int, max_books: int, weights: 
     return rows
 
 
-def profile_steps(preset: str, micro: int, seq: int, mode: str, path: Path, top: int = 20) -> str:
+def profile_steps(preset: str, micro: int, seq: int, mode: str, path: Path, top: int = 25) -> str:
     """torch.profiler over 2 bare fwd+bwd steps (after 2 warm-up steps): top kernels by CUDA time."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -307,13 +310,16 @@ def profile_steps(preset: str, micro: int, seq: int, mode: str, path: Path, top:
 def print_table(result: dict) -> None:
     """The short human-readable summary (last thing printed)."""
     print(f"\npeak bf16 matmul {result['peak_flops'] / 1e12:.0f} TFLOP/s (measured in this run)")
-    print(f"{'variant':<28} {'step ms':>8} {'bytes/s':>9} {'MFU an.':>8} {'MFU ex.':>8} {'mem GiB':>8} {'1st s':>6}")
+    print(
+        f"{'variant':<28} {'step ms':>8} {'bytes/s':>9} {'MFU an.':>8} {'MFU ex.':>8} {'mem GiB':>8} {'1st s':>6}  loss0 (eager check)"
+    )
     for r in result["training"]:
         if "error" in r:
             print(f"{r['variant']:<28} ERROR {r['error'][:150]}")
             continue
         print(f"{r['variant']:<28} {r['step_s'] * 1e3:8.1f} {r['bytes_per_s']:9.0f} {r['mfu_analytic']:8.1%} "
-              f"{r['mfu_executed']:8.1%} {r['peak_mem_gib']:8.2f} {r['first_step_s']:6.0f}")  # fmt: skip
+              f"{r['mfu_executed']:8.1%} {r['peak_mem_gib']:8.2f} {r['first_step_s']:6.0f}  {r['losses'][0]:.4f} "
+              f"({r['eager_first_loss']})")  # fmt: skip
     for r in result["long_context"]:
         if "error" in r:
             print(f"long-context ERROR {r['error'][:200]}")
@@ -339,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-books", type=int, default=5)
     ap.add_argument("--chunk", type=int, default=30720)
     ap.add_argument("--weights", default=None, help="interchange weights for long-context mode (default: init)")
-    ap.add_argument("--profile", default="", help="comma list of compile modes to profile (eager,modules)")
+    ap.add_argument("--profile", default="", help="comma list of mode[:micro] to profile (eager:4,modules:8)")
     ap.add_argument("--profile-micro", type=int, default=4)
     ap.add_argument("--out-dir", type=Path, default=Path("."))
     ap.add_argument("--budget-s", type=float, default=1e9, help="skip sections that start after this many seconds")
@@ -386,12 +392,13 @@ def main(argv: list[str] | None = None) -> int:
             result["long_context"] = [{"error": _error(err)}]
         print(json.dumps(result["long_context"]), flush=True)
         save()
-    for mode in filter(None, args.profile.split(",")):
+    for spec in filter(None, args.profile.split(",")):
         if elapsed() > args.budget_s:
             break
+        mode, _, micro = spec.partition(":")
         try:
             path = args.out_dir / f"profile_{mode}.txt"
-            profile_steps(args.preset, args.profile_micro, 8192, mode, path)
+            profile_steps(args.preset, int(micro or args.profile_micro), 8192, mode, path)
             result["profiles"][mode] = str(path)
         except Exception as err:
             result["profiles"][mode] = _error(err)
