@@ -1,0 +1,152 @@
+"""End to end through the real trainer (``python -m pmnet.train``, one process per rank as the launcher's
+per-rank mode runs it, gloo on CPU) on shards made by tools/shard_dataset.py from the shipped sample:
+
+* saved on 2 ranks, resumed on 1 (tools/resume.py, tools/convert_checkpoint.py universal): the loss
+  curve continues the uninterrupted 2-rank run (relative tolerance REL_TOL) and the data stream
+  continues at the exact next sample (loader state equal to the uninterrupted run's);
+* interchange export -> ``train.init_from`` -> the model the trainer starts from gives the exported
+  model's logits.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.ckpt.helpers import REPO, free_port, run_tool
+
+pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
+
+SAMPLE_BYTES = 129
+REL_TOL = 1e-4  # fp32; 2 -> 1 rank changes only the gradient summation order (measured: equal to 5 digits)
+
+
+def _overrides(shards: Path, root: Path, name: str, **extra: object) -> list[str]:
+    o: dict[str, object] = {
+        "train.run_root": root, "train.run_name": name, "data.streams": f"[{{local: {shards}, split: train}}]",
+        "data.val_streams": "[]", "data.sample_bytes": SAMPLE_BYTES, "data.num_workers": 0,
+        "train.micro_batch_size": 4, "train.global_batch_size": 8, "train.max_steps": 6, "train.precision": "fp32",
+        "train.device": "cpu", "optim.warmup_steps": 2, "eval.interval": 0, "checkpoint.interval": 3,
+        "checkpoint.keep_last": 3, "logging.log_interval": 1, "logging.console_interval": 1,
+        "logging.memory_diagnostics_interval": 0, "deepspeed.zero_stage": 2,
+    }  # fmt: skip
+    o.update(extra)
+    return [f"{k}={v}" for k, v in o.items()]
+
+
+def train(overrides: list[str], ranks: int, log: Path, timeout: float = 400) -> str:
+    """``python -m pmnet.train configs/demo.yaml OVERRIDES`` on ``ranks`` CPU processes; returns rank 0's log."""
+    port = free_port()
+    procs = []
+    for r in range(ranks):
+        env = dict(os.environ, RANK=str(r), WORLD_SIZE=str(ranks), LOCAL_RANK=str(r), LOCAL_WORLD_SIZE=str(ranks),
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1",
+                   PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")  # fmt: skip
+        fh = open(log.with_suffix(f".rank{r}.log"), "w")  # noqa: SIM115 (closed below)
+        cmd = [sys.executable, "-m", "pmnet.train", "configs/demo.yaml", *overrides]
+        procs.append((subprocess.Popen(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT), fh))
+    codes = []
+    for p, fh in procs:
+        try:
+            codes.append(p.wait(timeout=timeout))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            codes.append("timeout")
+        fh.close()
+    out = log.with_suffix(".rank0.log").read_text(errors="replace")
+    if any(c != 0 for c in codes):
+        others = "".join(log.with_suffix(f".rank{r}.log").read_text(errors="replace")[-2000:] for r in range(1, ranks))
+        raise AssertionError(f"trainer exit codes {codes}\n{out[-4000:]}\n{others}")
+    return out
+
+
+def tb_losses(run_dir: Path) -> dict[int, float]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {e.step: e.value for e in acc.Scalars("train/loss")}
+
+
+def loader_state(ckpt: Path) -> dict:
+    return torch.load(ckpt / "rank_00000.pt", weights_only=True)["dataloader"]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("e2e_shards") / "sample"
+    cmd = [sys.executable, "tools/shard_dataset.py", "--input", "data_pipeline/samples", "--output", str(out),
+           "--sample-bytes", str(SAMPLE_BYTES), "--val-fraction", "0.09", "--no-progress"]  # fmt: skip
+    subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, timeout=300)
+    return out
+
+
+@pytest.fixture(scope="module")
+def full_run(shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The uninterrupted reference: 2 ranks, ZeRO-2, 6 steps, checkpoints at steps 3 and 6."""
+    root = tmp_path_factory.mktemp("e2e_runs")
+    train(_overrides(shards, root, "full"), 2, root / "full")
+    return root / "full"
+
+
+def test_saved_on_two_ranks_resumed_on_one(shards: Path, full_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "resumed"
+    shutil.copytree(full_run, run, ignore=shutil.ignore_patterns("tb", "step_00000006"))
+    p = run_tool("tools/resume.py", str(run), "--json")  # latest named step 6: repaired to step 3
+    rep = json.loads(p.stdout)
+    assert p.returncode == 0 and rep["repaired"] and rep["latest_after"] == "step_00000003", p.stdout
+    p = run_tool("tools/convert_checkpoint.py", "universal", str(run / "checkpoints" / "step_00000003"),
+                 "--world-size", "1")  # fmt: skip
+    assert p.returncode == 0 and "none repeated or skipped" in p.stdout, p.stderr
+    out = train(_overrides(shards, tmp_path, "resumed"), 1, tmp_path / "resumed")
+    assert "resumed from" in out and "step_00000003" in out
+    ref, got = tb_losses(full_run), tb_losses(run)
+    assert sorted(got) == [4, 5, 6]
+    for step, loss in got.items():
+        assert math.isclose(loss, ref[step], rel_tol=REL_TOL), (step, loss, ref[step])
+    # the stream continued at the exact next sample: same loader position and counters as uninterrupted
+    end_full, end_res = full_run / "checkpoints" / "step_00000006", run / "checkpoints" / "step_00000006"
+    assert loader_state(end_res) == loader_state(end_full)
+    ts_full = json.loads((end_full / "trainer_state.json").read_text())
+    ts_res = json.loads((end_res / "trainer_state.json").read_text())
+    assert (ts_res["samples_seen"], ts_res["bytes_seen"]) == (ts_full["samples_seen"], ts_full["bytes_seen"])
+    p = run_tool("tools/audit_checkpoint.py", "--compare", str(end_full), str(end_res), "--json")
+    worst = max(t["rel_l2"] for t in json.loads(p.stdout)["tensors"])
+    assert worst < 1e-4, worst
+    p = run_tool("tools/audit_checkpoint.py", str(end_res))
+    assert p.returncode == 0, p.stdout
+
+
+def test_interchange_to_init_from(shards: Path, full_run: Path, tmp_path: Path) -> None:
+    """Export step 6, start a fresh run from it with train.init_from: the trainer's model = the export."""
+    from pmnet.model import load_pretrained
+
+    export = tmp_path / "export"
+    p = run_tool("tools/convert_checkpoint.py", "interchange", str(full_run), str(export))  # run dir = newest valid
+    assert p.returncode == 0, p.stderr
+    p = run_tool("tools/convert_checkpoint.py", "start-from", str(export), "--json")
+    assert p.returncode == 0 and "train.init_from=" in json.loads(p.stdout)["command"]
+    # one step at a vanishing LR: the saved weights are the ones the first step ran with (updates ~1e-30)
+    extra = {"train.init_from": export, "train.max_steps": 1, "optim.lr": 1e-30, "optim.warmup_steps": 0,
+             "optim.schedule": "constant", "optim.weight_decay": 0.0, "checkpoint.interval": 0}  # fmt: skip
+    out = train(_overrides(shards, tmp_path, "init", **extra), 1, tmp_path / "init")
+    assert "initialised weights from" in out
+    step1 = tmp_path / "init" / "checkpoints" / "step_00000001"
+    p = run_tool("tools/convert_checkpoint.py", "interchange", str(step1), str(tmp_path / "step1"))
+    assert p.returncode == 0, p.stderr
+    ids = torch.randint(1, 254, (2, 96), generator=torch.Generator().manual_seed(5))
+    logits = []
+    for d in (export, tmp_path / "step1"):
+        model, _ = load_pretrained(d)
+        model.eval()
+        with torch.no_grad():
+            logits.append(model(ids)[0])
+    torch.testing.assert_close(logits[1], logits[0], rtol=0, atol=1e-6)
