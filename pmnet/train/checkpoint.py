@@ -25,7 +25,6 @@ import json
 import os
 import random
 import shutil
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +43,6 @@ from pmnet.train.manifest import (
     CheckpointInfo,
     atomic_write_text,
     checkpoints_root,
-    find_latest_valid,
     fsync_dir,
     hash_files,
     list_files,
@@ -57,6 +55,8 @@ from pmnet.train.manifest import (
     utc_now,
     write_latest,
 )
+from pmnet.train.manifest import find_latest_valid as _find_latest_valid
+from pmnet.train.version import code_version
 
 __all__ = [
     "CheckpointError",
@@ -128,25 +128,31 @@ def _agree(error: str | None) -> None:
         raise CheckpointError(errors[0])
 
 
+def find_latest_valid(run_dir: str | Path, *, verify_hashes: bool = True) -> Path | None:
+    """The newest valid checkpoint of a run (sha256-verified), or None.
+
+    Collective when torch.distributed is initialised: rank 0 reads and hashes, the others
+    receive its answer (every rank calls it), so a large checkpoint is read once, not once per rank.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return _find_latest_valid(run_dir, verify_hashes=verify_hashes)
+    box: list[Any] = [None]
+    if dist.get_rank() == 0:
+        try:
+            found = _find_latest_valid(run_dir, verify_hashes=verify_hashes)
+            box[0] = ("ok", str(found) if found else None)
+        except Exception as err:  # every rank must learn of it, or the others wait forever
+            box[0] = ("error", f"{type(err).__name__}: {err}")
+    dist.broadcast_object_list(box, src=0)
+    kind, value = box[0]
+    if kind == "error":
+        raise CheckpointError(f"scanning {run_dir} for checkpoints failed on rank 0: {value}")
+    return Path(value) if value else None
+
+
 # ---------------------------------------------------------------- small pieces
-def code_version(repo: str | Path | None = None) -> str:
-    """``git describe``-like version of the code (sha, '+dirty' when modified), or 'unknown'."""
-    repo = Path(repo) if repo else Path(__file__).resolve().parents[2]
-    try:
-        sha = subprocess.run(
-            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return os.environ.get("PMNET_CODE_VERSION", "unknown")
-    return sha + ("+dirty" if dirty else "")
-
-
 def capture_rng_state() -> dict[str, Any]:
     """RNG states of python, numpy, torch (CPU) and every CUDA device, in weights_only-safe types."""
     np_state = np.random.get_state()
