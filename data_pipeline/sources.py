@@ -193,8 +193,14 @@ def iter_documents(path: Path, progress: Progress | None = None) -> Iterator[Doc
             yield from _iter_text(path, comp, report)
     except DataPipelineError:
         raise
-    except (OSError, EOFError, ValueError) as err:
+    except (OSError, EOFError, ValueError, _zstd_error()) as err:
         raise DataPipelineError(f"input {str(path)!r}: read failed: {_one_line(err)}") from None
+
+
+def _zstd_error() -> type[Exception]:
+    import zstandard
+
+    return zstandard.ZstdError
 
 
 def _iter_parquet(path: Path, report: Progress) -> Iterator[Document]:
@@ -279,11 +285,52 @@ def _decompressing(raw: BinaryIO, comp: str | None) -> BinaryIO:
     if comp == "gz":
         return gzip.GzipFile(fileobj=raw)  # type: ignore[return-value]
     if comp == "zst":
+        return io.BufferedReader(_ZstdFrames(raw), buffer_size=1 << 20)  # type: ignore[return-value]
+    return raw
+
+
+class _ZstdFrames(io.RawIOBase):
+    """Decompresses every zstd frame of a file and raises on a truncated last frame.
+
+    zstandard's stream_reader silently returns nothing for a truncated frame, which would turn
+    a damaged input into a quietly smaller corpus.
+    """
+
+    def __init__(self, raw: BinaryIO) -> None:
         import zstandard
 
-        reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
-        return io.BufferedReader(reader, buffer_size=1 << 20)  # type: ignore[arg-type]
-    return raw
+        self._raw = raw
+        self._dctx = zstandard.ZstdDecompressor()
+        self._obj = self._dctx.decompressobj()
+        self._in_frame = False
+        self._pending = b""
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        while self._pos >= len(self._pending):
+            chunk = self._raw.read(1 << 20)
+            if not chunk:
+                if self._in_frame:
+                    raise EOFError("truncated zstd frame (file cut short?)")
+                return 0
+            out = []
+            while chunk:
+                self._in_frame = True
+                out.append(self._obj.decompress(chunk))
+                if self._obj.eof:  # a frame ended; the rest of the chunk starts the next one
+                    chunk = self._obj.unused_data
+                    self._obj = self._dctx.decompressobj()
+                    self._in_frame = False
+                else:
+                    chunk = b""
+            self._pending, self._pos = b"".join(out), 0
+        n = min(len(buf), len(self._pending) - self._pos)
+        buf[:n] = self._pending[self._pos : self._pos + n]
+        self._pos += n
+        return n
 
 
 class _open_binary:

@@ -78,3 +78,17 @@ def test_text_sources_and_units(tmp_path: Path) -> None:
     paths = sorted(tmp_path.iterdir())
     assert [u.inputs for u in plan_units(paths, 1 << 20)] == [tuple(paths)]  # small texts share a unit
     assert len(plan_units(paths, 1)) == 2
+
+
+def test_multi_frame_zstd_jsonl(tmp_path: Path) -> None:
+    import json
+
+    import zstandard
+
+    lines = [json.dumps({"text": f"document {i} " * 50}) + "\n" for i in range(300)]
+    data = "".join(lines).encode()
+    cut = len(data) // 3
+    path = tmp_path / "multi.jsonl.zst"
+    # Two frames, as pzstd or concatenated .zst files produce.
+    path.write_bytes(zstandard.ZstdCompressor().compress(data[:cut]) + zstandard.ZstdCompressor().compress(data[cut:]))
+    assert [d.text for d in iter_documents(path)] == [json.loads(x)["text"] for x in lines]

@@ -83,6 +83,12 @@ def test_each_bad_input_is_one_line_and_leaves_output_untouched(
     (bad / "broken.jsonl.gz").write_bytes(gzip.compress(b'{"text": "x"}\n')[:-12])  # truncated gzip
     refused(["--input", str(bad / "broken.jsonl.gz"), *args], capsys, out, "broken.jsonl.gz")
 
+    import zstandard
+
+    whole = zstandard.ZstdCompressor().compress((src / "cc.jsonl").read_bytes())
+    (bad / "cut.jsonl.zst").write_bytes(whole[: len(whole) // 2])  # zstandard alone would read 0 bytes
+    refused(["--input", str(bad / "cut.jsonl.zst"), *args], capsys, out, "truncated zstd frame")
+
     if os.geteuid() != 0:  # root reads anything, so permissions cannot make a file unreadable
         locked = bad / "locked.jsonl"
         shutil.copy(src / "cc.jsonl", locked)
