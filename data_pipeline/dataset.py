@@ -104,6 +104,12 @@ def _check_stream(cfg_stream: Any, sample_bytes: int, verify: bool, where: str) 
     d = _stream_dir(cfg_stream.local, cfg_stream.split)
     if not (d / "index.json").exists():
         raise DataPipelineError(f"{where}: no index.json in {d} (run tools/shard_dataset.py first)")
+    if not os.access(d, os.W_OK):
+        # A local-only stream decompresses each shard next to the original (FACTS.md).
+        raise DataPipelineError(
+            f"{where}: {d} is not writable, and streaming decompresses shards next to them; "
+            "set remote: <that directory> and local: <a writable cache directory> instead"
+        )
     manifest = d.parent / MANIFEST_NAME if cfg_stream.split else d / MANIFEST_NAME
     if not manifest.exists():
         manifest = d.parent / MANIFEST_NAME
