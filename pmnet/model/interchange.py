@@ -126,7 +126,10 @@ def save_pretrained(
     """Write ``config.json`` + ``model.safetensors`` (interchange keys, ``dtype``) atomically; returns out_dir."""
     from safetensors.torch import save_file
 
-    sd = model_or_state_dict.state_dict() if isinstance(model_or_state_dict, nn.Module) else model_or_state_dict
+    sd = model_or_state_dict.state_dict() if isinstance(model_or_state_dict, nn.Module) else dict(model_or_state_dict)
+    if cfg.tie_word_embeddings and "lm_head.weight" not in sd and "model.embed_tokens.weight" in sd:
+        # consolidated ZeRO state dicts may store a tied tensor once; the format lists both keys
+        sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
     check_state_dict(sd, cfg, where="save_pretrained")
     # clone: tied tensors share storage, which safetensors refuses; contiguous CPU copies in dtype
     tensors = {k: v.detach().to(device="cpu", dtype=dtype).contiguous().clone() for k, v in sd.items()}

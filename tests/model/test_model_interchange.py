@@ -162,3 +162,13 @@ def test_save_refuses_a_foreign_state_dict(tmp_path: Path) -> None:
     with pytest.raises(InterchangeError, match="unexpected"):
         save_pretrained(sd, tmp_path, model.config)
     assert not (tmp_path / "model.safetensors").exists()
+
+
+def test_save_fills_the_tied_head(tmp_path: Path) -> None:
+    model = build(tiny_cfg())
+    sd = dict(model.state_dict())
+    del sd["lm_head.weight"]
+    save_pretrained(sd, tmp_path, model.config)
+    assert torch.equal(
+        load_file(str(tmp_path / "model.safetensors"))["lm_head.weight"], sd["model.embed_tokens.weight"]
+    )
