@@ -10,6 +10,7 @@ import torch
 from pmnet.model.memory import PhasorMemoryRead, PhasorMemoryWrite
 from pmnet.model.phasor_fast import phase_scores, read_fast, segmented_prefix_sum, write_fast
 from pmnet.model.reference import read_reference, write_reference
+from pmnet.model.scan import blocked_segmented_prefix_sum
 from tests.model.model_helpers import build, random_ids, three_level_cfg
 
 TWO_PI = 2 * math.pi
@@ -37,13 +38,16 @@ def _sharp_module(cls, cfg, seed: int = 0):
     return mod
 
 
-def test_segmented_prefix_sum_matches_loop() -> None:
+@pytest.mark.parametrize("scan", [segmented_prefix_sum, blocked_segmented_prefix_sum], ids=["fp64", "blocked"])
+def test_segmented_prefix_sum_matches_loop(scan) -> None:
     g = torch.Generator().manual_seed(0)
     b, t, dim, groups = 3, 50, 5, 7
     delta = 4 * torch.randn(b, t, dim, generator=g)  # big steps: wraps around 2 pi often
     group = torch.randint(0, groups, (b, t), generator=g)
     carried = TWO_PI * torch.rand(b, groups, dim, generator=g)
-    out, state = segmented_prefix_sum(delta, group, carried)
+    out, state = (
+        scan(delta, group, carried, block=8) if scan is blocked_segmented_prefix_sum else scan(delta, group, carried)
+    )
     ref = carried.double().clone()
     expect = torch.zeros(b, t, dim, dtype=torch.float64)
     for i in range(b):
