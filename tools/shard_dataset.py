@@ -43,25 +43,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", nargs="+", required=True, metavar="PATH", help="files, directories or globs")
     p.add_argument("--output", required=True, metavar="DIR", help="output directory (train/, val/, manifest.json)")
     p.add_argument("--workers", type=int, default=1, help="worker processes, parallel over inputs (default 1)")
-    p.add_argument("--sample-bytes", type=int, default=d.sample_bytes, help="bytes per sample = seq_len + 1")
-    p.add_argument("--val-fraction", type=float, default=d.val_fraction, help="share of documents sent to val")
+    p.add_argument(
+        "--sample-bytes",
+        type=int,
+        default=d.sample_bytes,
+        help=f"bytes per sample = seq_len + 1 (default {d.sample_bytes})",
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=d.val_fraction,
+        help=f"share of documents sent to val (default {d.val_fraction})",
+    )
     p.add_argument("--min-int-score", type=int, default=None, help="drop parquet/jsonl rows with int_score below")
     p.add_argument("--min-chars", type=int, default=0, help="drop documents shorter than this many characters")
     p.add_argument("--language", default=None, help="keep only this language where a record states one")
     tail = p.add_mutually_exclusive_group()
-    tail.add_argument("--keep-tail", dest="keep_tail", action="store_true", default=True, help="keep (default)")
-    tail.add_argument("--drop-tail", dest="keep_tail", action="store_false", help="drop each stream's short tail")
-    p.add_argument("--shard-size", type=_size, default=d.shard_size_limit, help="uncompressed shard size limit")
+    tail.add_argument(
+        "--keep-tail",
+        dest="keep_tail",
+        action="store_true",
+        default=True,
+        help="keep each stream's short last sample, padded with PAD at training (default)",
+    )
+    tail.add_argument(
+        "--drop-tail", dest="keep_tail", action="store_false", help="drop each stream's short last sample"
+    )
+    p.add_argument(
+        "--shard-size", type=_size, default=d.shard_size_limit, help="uncompressed shard size limit (default 64mb)"
+    )
     p.add_argument(
         "--text-unit-bytes",
         type=_size,
         default=d.text_unit_bytes,
-        help="plain-text files are grouped into work units of about this size",
+        help="plain-text files are grouped into work units of about this size (default 64mb)",
     )
     p.add_argument(
         "--hashes",
         default=",".join(d.hashes),
-        help="shard hash algorithms recorded in index.json, comma-separated and sorted (e.g. sha1,xxh64)",
+        help=f"shard hashes recorded in index.json, comma-separated, sorted (default {','.join(d.hashes)})",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an output written with other settings")
     p.add_argument("--verify", action="store_true", help="re-hash every shard against index.json at the end")
