@@ -24,8 +24,8 @@ uninterrupted run: an empty pass is normal, not an error. Each epoch is reshuffl
 epoch. Build each loader once per process and iterate it many times: streaming refuses a second
 live dataset on the same directory. ``loader.state_dict()`` returns
 ``{"epoch", "sample_in_epoch", "num_canonical_nodes", "shuffle_seed", "initial_physical_nodes"}``
-(streaming's format; save it in every checkpoint). It must be called on every rank at the
-same step (it counts this rank's yielded samples times the world size).
+(streaming's format; save it in every checkpoint). Rank 0's state is enough: ranks advance in
+step, and it counts this rank's yielded samples times the world size. Every rank loads it.
 
 Why a dict batch: StreamingDataLoader counts resume samples from the first value of a dict
 batch; a tuple would make it count wrongly (FACTS.md).
