@@ -166,3 +166,16 @@ def test_initialisation_at_construction() -> None:
             assert torch.equal(p, torch.ones_like(p)), name
         elif p.numel() >= 1000:
             assert abs(p.std().item() - 0.02) < 0.003 and abs(p.mean().item()) < 0.003, name
+
+
+def test_autocast_bf16_keeps_phase_math_fp32() -> None:
+    model = build(tiny_cfg())
+    ids = random_ids(2, 40)
+    ref, _ = model(ids)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, state = model(ids)
+    lm_loss(logits[:, :-1], ids[:, 1:]).backward()
+    assert logits.dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in state.group_phases)
+    lp, lq = torch.log_softmax(ref.float(), -1), torch.log_softmax(logits.float(), -1)
+    assert (lp.exp() * (lp - lq)).sum(-1).mean() < 1e-3  # KL(fp32 || bf16) per byte, nats
