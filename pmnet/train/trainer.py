@@ -43,7 +43,8 @@ def train(cfg: Config, env: DistEnv) -> int:
     torch.manual_seed(cfg.train.seed)
     ds_config = deepspeed_config(cfg, env.world_size)
     model = build_model(cfg, ds_config)
-    if cfg.train.init_from:
+    ckpt = _resumable(run_dir) if cfg.checkpoint.resume else None
+    if cfg.train.init_from and ckpt is None:  # a resumable run directory wins over init_from
         load_init_weights(model, cfg)
     engine, optimizer = build_engine(cfg, model, env, ds_config)
     _clean_stale_shm(env)
@@ -55,30 +56,32 @@ def train(cfg: Config, env: DistEnv) -> int:
         hooks.append(EvalHook(cfg, env, writer, lambda: _val_loader(cfg)))
     hooks.append(CheckpointHook(cfg, env, run_dir))
     trainer = Trainer(cfg, env, engine, optimizer, loader, hooks)
-    if cfg.checkpoint.resume:
-        resume(trainer, run_dir)
+    if ckpt is not None:
+        resume(trainer, ckpt)
     try:
         return trainer.fit()
     finally:
         writer.close()
 
 
-def resume(trainer: Trainer, run_dir: Path) -> bool:
-    """Continue from the run directory's newest valid checkpoint, if any (engine, counters, data, RNG).
+def _resumable(run_dir: Path) -> Path | None:
+    from pmnet.train.checkpoint import find_latest_valid
+
+    return find_latest_valid(run_dir)
+
+
+def resume(trainer: Trainer, ckpt: Path) -> None:
+    """Continue from checkpoint ``ckpt``: engine, counters, data position, RNG states.
 
     ``load_checkpoint`` refuses a changed model shape or global batch in one line.
     """
-    from pmnet.train.checkpoint import find_latest_valid, load_checkpoint
+    from pmnet.train.checkpoint import load_checkpoint
 
-    ckpt = find_latest_valid(run_dir)
-    if ckpt is None:
-        return False
     loaded = load_checkpoint(trainer.engine, ckpt, load_optimizer=True, expected_config=trainer.cfg)
     trainer.state.load(loaded.trainer_state or {})
     if loaded.dataloader_state is not None and hasattr(trainer.loader, "load_state_dict"):
         trainer.loader.load_state_dict(loaded.dataloader_state)
     LOG.info(f"resumed from {ckpt} at step {trainer.state.step} ({trainer.state.bytes_seen:,} bytes seen)")
-    return True
 
 
 def load_init_weights(model: torch.nn.Module, cfg: Config) -> None:
