@@ -283,8 +283,10 @@ def save_checkpoint(
 
     # 3. every rank hashes (and fsyncs) a share of the files; rank 0 writes the manifest
     err, part = None, {}
+    # rank 0's listing is the one every rank works from (another node's view of a shared
+    # filesystem may lag), and the manifest is checked against it below
+    files = _gather(list_files(tmp) if rank == 0 else None)[0]
     try:
-        files = list_files(tmp)
         part = hash_files(tmp, files[rank::world], fsync=True)
     except OSError as e:
         err = f"rank {rank}: hashing {tmp}: {e}"
@@ -297,11 +299,13 @@ def save_checkpoint(
             entries: dict[str, Any] = {}
             for _, p in parts:
                 entries.update(p)
+            if sorted(entries) != files:
+                raise CheckpointError(f"hashed {len(entries)} of {len(files)} files (ranks disagree on the listing)")
             manifest = {"format": FORMAT, "step": int(step), "world_size": world, "created_utc": utc_now(),
                         "files": dict(sorted(entries.items()))}  # fmt: skip
             atomic_write_text(tmp / MANIFEST, _json_text(manifest, MANIFEST))
             _publish(root, tmp, final)
-            apply_retention(root, keep_last=keep_last, keep_every=keep_every, protect={final_name})
+            apply_retention(root, keep_last=keep_last, keep_every=keep_every, protect={final_name}, current=step)
         except (OSError, CheckpointError) as e:
             err = f"publishing {final}: {e}"
     _agree(err)
@@ -321,23 +325,34 @@ def _publish(root: Path, tmp: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def apply_retention(root: str | Path, *, keep_last: int, keep_every: int, protect: set[str] | None = None) -> list[str]:
-    """Delete old checkpoints: keep the newest ``keep_last``, every multiple of ``keep_every``, ``latest`` and
-    ``protect``; also remove stale temporary directories. Returns the deleted names."""
+def apply_retention(
+    root: str | Path, *, keep_last: int, keep_every: int, protect: set[str] | None = None, current: int | None = None
+) -> list[str]:
+    """Delete old checkpoints: keep the newest ``keep_last`` up to step ``current`` (default: the newest),
+    every multiple of ``keep_every``, the one ``latest`` names and ``protect``. Also removes stale temporary
+    directories, and checkpoints of later steps than ``current`` that are not valid (left by an abandoned
+    attempt, e.g. the corrupt one a resume skipped); valid later ones are left alone. Returns deleted names."""
+    from pmnet.train.manifest import check_checkpoint
+
     root = Path(root)
     keep = set(protect or ())
     latest = read_latest(root)
     if latest:
         keep.add(latest)
     finals = sorted((parse_step(p.name), p) for p in root.iterdir() if p.is_dir() and parse_step(p.name) is not None)
-    keep.update(p.name for _, p in finals[-max(keep_last, 1) :])
+    if current is None and finals:
+        current = finals[-1][0]
+    past = [(s, p) for s, p in finals if s is not None and s <= current]
+    future = [p for s, p in finals if s is not None and s > current]
+    keep.update(p.name for _, p in past[-max(keep_last, 1) :])
     if keep_every > 0:
-        keep.update(p.name for s, p in finals if s is not None and s % keep_every == 0)
+        keep.update(p.name for s, p in past if s % keep_every == 0)
+    keep.update(p.name for p in future if check_checkpoint(p, verify_hashes=False).state == "valid")
     doomed = [p for _, p in finals if p.name not in keep]
     doomed += [p for p in root.iterdir() if p.is_dir() and p.name.startswith((TMP_PREFIX, ".del-"))]
     deleted = []
     for p in doomed:
-        trash = root / f".del-{p.name.lstrip('.')}-{os.getpid()}" if not p.name.startswith(".del-") else p
+        trash = p if p.name.startswith(".del-") else root / f".del-{p.name.lstrip('.')}-{os.getpid()}"
         try:
             if trash != p:
                 os.replace(p, trash)  # never leave a half-deleted directory under a checkpoint name

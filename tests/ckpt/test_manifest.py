@@ -110,3 +110,17 @@ def test_ptread_refuses_code(tmp_path: Path) -> None:
     torch.save({"evil": collections.Counter()}, p)  # any class outside the allowlist is refused
     with pytest.raises(ValueError, match="refusing to unpickle collections.Counter"):
         PtFile(p)
+
+
+def test_retention_after_a_resume_from_an_older_step(tmp_path: Path) -> None:
+    """Saving step 400 after resuming past a corrupt step 500: the corrupt later one goes, a valid later one stays."""
+    root = tmp_path / "checkpoints"
+    for s in (100, 200, 300, 500, 600):
+        fake_ckpt(root, s)
+    (root / "step_00000500" / "meta.json").write_text("{}")  # size changed: corrupt
+    fake_ckpt(root, 400)
+    write_latest(root, "step_00000400")
+    deleted = apply_retention(root, keep_last=2, keep_every=0, protect={"step_00000400"}, current=400)
+    left = sorted(p.name for p in root.iterdir() if p.is_dir())
+    assert left == ["step_00000300", "step_00000400", "step_00000600"]
+    assert sorted(deleted) == ["step_00000100", "step_00000200", "step_00000500"]
