@@ -33,6 +33,10 @@ export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 die() { echo "pretrain.sh: error: $*" >&2; exit 2; }
 
 # ---------------------------------------------------------------- per-rank mode
+if ! compgen -G "/dev/nvidia[0-9]*" > /dev/null; then
+    # idle OpenMP threads sleep instead of spinning (spinning makes a shared CPU 10-50x slower)
+    export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
+fi
 if [[ "${1:-}" == --local_rank=* || "${1:-}" == --local-rank=* ]]; then
     shift
     exec "$PY" -u -m pmnet.train "$@"
@@ -84,10 +88,8 @@ else
     PER_NODE="$CPU_RANKS"
     DEVICE="cpu"
     export DS_ACCELERATOR=cpu
-    # one thread pool per rank, not one per core per rank; idle OpenMP threads sleep instead of
-    # spinning (spinning threads make a shared, oversubscribed CPU 10-50x slower)
+    # one thread pool per rank, not one per core per rank
     export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(( $(nproc) / PER_NODE > 0 ? $(nproc) / PER_NODE : 1 ))}"
-    export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 fi
 
 # ---------------------------------------------------------------- layout
