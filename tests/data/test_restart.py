@@ -105,7 +105,7 @@ def test_sigkill_then_rerun_equals_uninterrupted(shared_data: Path, tmp_path: Pa
 
 @pytest.mark.timeout(240)
 @pytest.mark.slow
-def test_ctrl_c_is_one_line_and_resumable(shared_data: Path, tmp_path: Path) -> None:
+def test_ctrl_c_is_one_line_and_keeps_finished_units(shared_data: Path, tmp_path: Path) -> None:
     """SIGINT to the whole process group (what Ctrl-C does): no traceback from any worker."""
     corpus = tmp_path / "corpus"
     corpus.mkdir()
