@@ -101,17 +101,19 @@ def measure_matmul_peak(n: int = 8192, iters: int = 20) -> float:
 
 
 def executed_flops_per_byte(cfg: PMNetConfig, seq: int | None, training: bool = True) -> float:
-    """Matmul FLOPs/byte the fast path runs: analytic minus the read's per-slot value projection.
+    """Matmul FLOPs/byte the fast path runs (``fused.read_core``), for the executed-FLOPs MFU.
 
-    Analytic read: N x 2 x 2M x 2RM (key and value halves on every slot) + R x N x 2M (weighted
-    value sum). Fast read: N x 2 x 2M x RM (key half on every slot) + R x N x 2 x 2M (weighted
-    features) + R x 2 x 2M x M (value half once per head).
+    Analytic read (flops.py): proj_q + N x 2 x 2M x 2RM (key and value halves on every slot)
+    + scores + R x N x 2M (weighted values) + 2 x RM x d (proj_out). Fast read: proj_q +
+    N x 2 x 2M x RM (key half on every slot) + scores + R x N x 2 x 2M (weighted features)
+    + 2 x d x R x 2M (value half folded into proj_out: ``fused.value_out_weights``; the fold
+    itself is ~1 GFLOP per call, negligible per byte and not counted).
     """
-    n, m, r = cfg.num_memory, cfg.memory_size, cfg.num_memory_read_heads
+    n, m, r, d = cfg.num_memory, cfg.memory_size, cfg.num_memory_read_heads, cfg.hidden_size
     fwd = forward_flops_per_byte(cfg, seq)
     if cfg.use_memory and cfg.memory_impl == "fast":
-        analytic_read = n * 2 * (2 * m) * (2 * r * m) + r * n * 2 * m
-        fast_read = n * 2 * (2 * m) * (r * m) + r * n * 2 * (2 * m) + r * 2 * (2 * m) * m
+        analytic_read = n * 2 * (2 * m) * (2 * r * m) + r * n * 2 * m + 2 * r * m * d
+        fast_read = n * 2 * (2 * m) * (r * m) + r * n * 2 * (2 * m) + 2 * d * r * (2 * m)
         fwd -= cfg.num_hidden_layers * (analytic_read - fast_read)
     return 3.0 * fwd if training else fwd
 

@@ -14,7 +14,8 @@ Math is MODEL.md sections 3-4, unchanged; two rewrites make it cheap:
   (the softmax sums to 1), so the value projection runs once per head on the
   attention-weighted features ``g_r = sum_n a_rn f_n`` instead of on every slot: the read
   projection on the N slots shrinks from 2RM to RM outputs, and the value half costs
-  R x 2M x M per byte instead of N x 2M x RM. The interchange weights are unchanged:
+  R x 2M x M per byte instead of N x 2M x RM; it is then folded into the output projection
+  (``value_out_weights``: one [d, R x 2M] GEMM per byte). The interchange weights are unchanged:
   ``proj_kv.weight`` rows [0, RM) are the key half, rows [RM, 2RM) the value half
   (head r's values are rows RM + rM .. RM + (r+1)M).
 
@@ -112,9 +113,27 @@ def read_core(
     key = (math.pi * torch.tanh(k_pre.float())).view(b, t, n, r, m).transpose(2, 3)  # [B, T, R, N, M]
     a = torch.softmax(phase_scores_fused(q, key) / math.sqrt(m), dim=-1)  # [B, T, R, N]
     g = weighted_features(a, feats)  # [B, T, R, 2M]: attention-weighted features per head
-    wv = wkv[rm:].view(r, m, 2 * m)  # head r's value rows
-    val = torch.einsum("btrf,rmf->btrm", g.to(wkv.dtype), wv) + bkv[rm:].view(r, m)  # [B, T, R, M]
-    return F.linear(val.reshape(b, t, rm).to(wo.dtype), wo, bo)
+    w_eff, b_eff = value_out_weights(wkv, bkv, wo, bo, r)
+    return F.linear(g.reshape(b, t, 2 * rm).to(wo.dtype), w_eff, b_eff)
+
+
+def value_out_weights(wkv: Tensor, bkv: Tensor, wo: Tensor, bo: Tensor, heads: int) -> tuple[Tensor, Tensor]:
+    """The read's value half and output projection folded into one matrix (both are linear).
+
+    ``out = sum_r Wo_r (Wv_r g_r + bv_r) + bo = [Wo_1 Wv_1, ..., Wo_R Wv_R] [g_1; ...; g_R] + (Wo bv + bo)``:
+    one [d, R x 2M] GEMM per byte instead of a per-head batched GEMM (with its layout copies)
+    plus the [d, R x M] output projection. The fold itself (R products of [d, M] x [M, 2M],
+    about 1 GFLOP) runs once per call in fp32, and is rounded once to the weights' dtype.
+    Returns (w_eff [d, R x 2M], b_eff [d]).
+    """
+    d = wo.shape[0]
+    rm = wkv.shape[0] // 2
+    m = rm // heads
+    wo_h = wo.float().view(d, heads, m)  # column r*M + j of Wo multiplies head r's value j
+    wv = wkv[rm:].float().view(heads, m, 2 * m)  # head r's value rows
+    w_eff = torch.einsum("drm,rmf->drf", wo_h, wv).reshape(d, heads * 2 * m)
+    b_eff = bo.float() + wo.float() @ bkv[rm:].float()
+    return w_eff.to(wo.dtype), b_eff.to(wo.dtype)
 
 
 def write_core(
