@@ -262,6 +262,7 @@ def check_steps(
         problems.append("step disagrees: " + ", ".join(f"{k}={v}" for k, v in vals.items()))
     skipped = int(ts.get("skipped_steps", 0) or 0)
     ref_step = ts.get("step", step)
+    adam_checked = None
     for rel, obj in sorted(objs.items()):
         if not rel.endswith("optim_states.pt"):
             continue
@@ -269,6 +270,7 @@ def check_steps(
         inner = osd.get("base_optimizer_state") or osd.get("optimizer_state_dict") or {}
         for idx, st in (inner.get("state") or {}).items():
             adam = _scalar(st.get("step"), ckpt / rel) if isinstance(st, dict) else None
+            adam_checked = adam if adam_checked is None else adam_checked
             if adam is not None and ref_step is not None and int(adam) != int(ref_step) - skipped:
                 problems.append(
                     f"{rel}: Adam step {int(adam)} for group {idx}, expected {ref_step} - {skipped} skipped"

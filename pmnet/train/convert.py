@@ -206,13 +206,8 @@ def plan_deepspeed(ckpt: Path) -> tuple[list[Planned], list[PtFile], dict[str, A
                 )
             info.update(world_size=world, zero_stage=stage)
             plan = _plan_zero3(osds, param_shapes) if stage == 3 else _plan_zero12(osds, param_shapes)
-        else:  # ZeRO-0: full weights in the module state dict
-            module = m["module"]
-            for name in (n for group in param_shapes for n in group):
-                ref = module[name]
-                plan.append(Planned(name, tuple(ref.shape), [Piece(0, ref, 0, ref.numel)], ref.dtype))
-                if ref.dtype != "F32":
-                    info["notes"].append(f"{name}: only {ref.dtype} weights in a ZeRO-0 checkpoint")
+        else:  # ZeRO-0: the module state dict holds every weight (fp32 masters in optimizer.fp32_groups if bf16)
+            plan = _plan_zero0(m, ms, info)
         by_name = {p.name: p for p in plan}
         for alias, target in shared.items():
             if target in by_name and alias not in by_name:
@@ -240,6 +235,44 @@ def plan_deepspeed(ckpt: Path) -> tuple[list[Planned], list[PtFile], dict[str, A
         for f in files:
             f.close()
         raise
+
+
+def _plan_zero0(m: dict[str, Any], ms: PtFile, info: dict[str, Any]) -> list[Planned]:
+    """Module tensors; for a bf16 engine, the fp32 masters matched to names by order and shape, then
+    verified: each master rounded to bf16 must equal the module's bf16 weight (else the bf16 weights)."""
+    module = {k: v for k, v in m["module"].items() if isinstance(v, TensorRef)}
+    plan = {k: Planned(k, tuple(v.shape), [Piece(0, v, 0, v.numel)], v.dtype) for k, v in module.items()}
+    groups = (m.get("optimizer") or {}).get("fp32_groups")
+    low = [k for k, v in module.items() if v.dtype in ("BF16", "F16")]
+    if not low:
+        return list(plan.values())
+    matched: dict[str, TensorRef] = {}
+    seen_storage: set[str] = set()
+    names = [k for k in low if not (module[k].key in seen_storage or seen_storage.add(module[k].key))]  # unique
+    ok = isinstance(groups, list)
+    for group in groups if ok else []:
+        pos = 0
+        for ref in group:
+            while pos < len(names) and (names[pos] in matched or tuple(module[names[pos]].shape) != tuple(ref.shape)):
+                pos += 1
+            if pos == len(names):
+                ok = False
+                break
+            matched[names[pos]] = ref
+    if ok and len(matched) == len(names):
+        for name, ref in matched.items():
+            master = ms.read(ref).reshape(-1)
+            if not np.array_equal(fp32_to_bf16_bits(master), ms.read(module[name]).reshape(-1)):
+                ok = False
+                break
+    if not (ok and len(matched) == len(names)):
+        info["notes"].append("ZeRO-0: fp32 masters could not be matched to names; wrote the engine's bf16 weights")
+        return list(plan.values())
+    for k, v in module.items():
+        ref = matched.get(k) or next((matched[n] for n in matched if module[n].key == v.key), None)
+        if ref is not None:
+            plan[k] = Planned(k, tuple(v.shape), [Piece(0, ref, 0, ref.numel)], "F32")
+    return list(plan.values())
 
 
 def _plan_zero12(osds: list[dict[str, Any]], param_shapes: list[dict[str, Any]]) -> list[Planned]:

@@ -102,5 +102,24 @@ def test_compare_checkpoint_with_its_export(z2_run, tmp_path: Path) -> None:
     assert p.returncode == 0 and "config differences: 0" in p.stdout and "max relative L2 diff" in p.stdout
 
 
+def test_zero0_bf16_exports_fp32_masters(tmp_path: Path) -> None:
+    """Without ZeRO the bf16 engine keeps fp32 masters in optimizer.fp32_groups: those are exported."""
+    from tests.ckpt.helpers import launch
+
+    launch(
+        {"stage": 0, "precision": "bf16", "steps": 1, "save_at": [1], "run_dir": str(tmp_path / "r")}, tmp_path / "j", 1
+    )
+    ckpt = tmp_path / "r" / "checkpoints" / "step_00000001"
+    p = run_tool("tools/convert_checkpoint.py", "interchange", str(ckpt), str(tmp_path / "o"), "--json")
+    assert p.returncode == 0 and json.loads(p.stdout)["notes"] == [], p.stdout + p.stderr
+    from pmnet.model import read_weights
+
+    got = read_weights(tmp_path / "o")
+    sd = torch.load(ckpt / "mp_rank_00_model_states.pt", weights_only=False)  # our own test file
+    masters = [t for g in sd["optimizer"]["fp32_groups"] for t in g]
+    assert all(any(torch.equal(w, t) for w in got.values()) for t in masters)
+    assert all(torch.equal(got[k].to(torch.bfloat16), v) for k, v in sd["module"].items())
+
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
