@@ -286,9 +286,8 @@ def check_steps(
             and sched["last_epoch"] != ref_step
         ):
             problems.append(f"lr scheduler last_epoch={sched['last_epoch']}, trainer step {ref_step}")
-    report.add(
-        "steps", problems, f"step {ref_step} everywhere (Adam step {int(ref_step or 0) - skipped}, {skipped} skipped)"
-    )
+    adam_txt = f"Adam step {int(adam_checked)}" if adam_checked is not None else "no ZeRO optimizer file to check"
+    report.add("steps", problems, f"step {ref_step} everywhere ({adam_txt}, {skipped} skipped)")
 
 
 def _position(state: Any) -> int | None:
