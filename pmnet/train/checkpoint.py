@@ -440,7 +440,8 @@ def load_checkpoint(
     _check_shapes(ckpt, meta, saved_cfg, engine, expected_config)
 
     saved_world = int(meta.get("world_size", world))
-    universal = saved_world != world
+    # ZeRO-0 keeps the whole optimizer in mp_rank_00_model_states.pt: any world size loads it directly
+    universal = saved_world != world and int(meta.get("zero_stage", 1)) > 0
     if universal and not (ckpt / "universal").is_dir():
         raise CheckpointError(
             f"{ckpt}: saved on {saved_world} rank(s), this run has {world}; convert it first: "
