@@ -42,9 +42,12 @@ def plot_bpb_curves(
     ax.set_ylabel("bits per byte")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    lo = min(float(np.nanpercentile(ma[len(ma) // 100 :], 1)) for _, _, ma in curves)
-    hi = max(float(np.nanpercentile(ma[len(ma) // 100 :], 99)) for _, _, ma in curves)
-    ax.set_ylim(max(0.0, lo - 0.3), hi + 0.5)  # the per-byte scatter would otherwise flatten the curves
+    # y range from the moving averages past the first 16 bytes (an average of a handful of bytes is
+    # all noise); the faint per-byte curve may leave the frame
+    skip = [ma[16:] if len(ma) > 32 else ma for _, _, ma in curves]
+    lo, hi = min(float(np.nanmin(m)) for m in skip), max(float(np.nanmax(m)) for m in skip)
+    pad = 0.05 * (hi - lo) + 0.02
+    ax.set_ylim(max(0.0, lo - pad), hi + pad)
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
