@@ -73,9 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(2)
     raw = torch.tensor(list(TEXT.read_bytes()), dtype=torch.int64)
     cut = int(raw.numel() * 0.9)
-    rows = [run(p, s, args.steps, args.seq, args.batch, raw[:cut], raw[cut:]) for s in args.seeds for p in (0.1, 0.0)]
-    for r in rows:
-        print(f"dropout={r['dropout']:.1f} seed={r['seed']} val_bpb={r['val_bpb']:.4f} ({r['seconds']:.0f} s)")
+    rows = []
+    for seed in args.seeds:
+        for p in (0.1, 0.0):
+            r = run(p, seed, args.steps, args.seq, args.batch, raw[:cut], raw[cut:])
+            rows.append(r)
+            print(f"dropout={r['dropout']:.1f} seed={r['seed']} val_bpb={r['val_bpb']:.4f} ({r['seconds']:.0f} s) "
+                  f"train bpb every 10 steps: {r['train_bpb_curve']}", flush=True)  # fmt: skip
     for p in (0.1, 0.0):
         vals = [r["val_bpb"] for r in rows if r["dropout"] == p]
         print(f"dropout={p:.1f} mean val_bpb={sum(vals) / len(vals):.4f} over seeds {args.seeds}")

@@ -156,6 +156,11 @@ def time_training(config: str, variant: str, steps: int, warmup: int, peak: floa
         *extra,
     ]
     cfg = load_config(config, overrides)
+    from pmnet.model import fused
+
+    # compile_fast_path switches the memory cores' compilation on process-wide: an eager variant
+    # after a compiled one must switch it off again (the first GPU run missed this; RESULTS.md)
+    fused.set_compiled(False)
     env = setup_distributed(DEV["type"])
     ds_config = deepspeed_config(cfg, env.world_size)
     _free()
