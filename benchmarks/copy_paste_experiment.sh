@@ -17,6 +17,10 @@
 #   VARIANTS   which runs to train, "pmnet nomem" (default); e.g. VARIANTS=pmnet to split the
 #              work over two calls. Evaluation covers every variant whose run has a checkpoint.
 #   PHASES     "train eval" (default); PHASES=eval only evaluates.
+#   TRAIN_TIMEOUT  seconds per training run this call (e.g. 240): the run then gets SIGTERM, saves
+#              a checkpoint and exits cleanly, and the script goes on (next variant, evaluation).
+#              Calling again resumes each run; the lr schedule always spans STEPS.
+#   STOP_AT    stop each run after this optimizer step this call (train.stop_at_step), same idea.
 #   SAMPLES    copy-paste samples per N bucket (default 64); EDGES bucket edges (tool default).
 #   PMNET_PYTHON  the Python (default: .venv/bin/python if present, else python).
 # On a machine without a GPU add: model.attn_backend=sdpa train.precision=fp32 train.device=cpu.
@@ -46,6 +50,10 @@ label_of() { [[ "$1" == pmnet ]] && echo PMNet || echo no-memory; }
 
 COMMON=(train.run_root="$RUN_ROOT")
 [[ -n "$STEPS" ]] && COMMON+=(train.max_steps="$STEPS")
+[[ -n "${STOP_AT:-}" ]] && COMMON+=(train.stop_at_step="$STOP_AT")
+LIMIT=()
+# SIGTERM makes every rank checkpoint and exit 0; -k kills what is still there 3 minutes later
+[[ -n "${TRAIN_TIMEOUT:-}" ]] && LIMIT=(timeout --preserve-status -s TERM -k 180 "$TRAIN_TIMEOUT")
 COMMANDS=()
 
 if [[ " $PHASES " == *" train "* ]]; then
@@ -54,7 +62,17 @@ if [[ " $PHASES " == *" train "* ]]; then
         cmd=(bash launchers/pretrain.sh "$cfg" "${COMMON[@]}" "$@")
         COMMANDS+=("${cmd[*]}")
         echo "== train $v: ${cmd[*]}  ($(( $(date +%s) - START )) s so far)"
-        "${cmd[@]}"
+        rc=0
+        "${LIMIT[@]}" "${cmd[@]}" || rc=$?
+        if [[ $rc -ne 0 ]]; then
+            # a run stopped by TRAIN_TIMEOUT may report the signal (143 = SIGTERM) although it saved
+            if [[ -n "${TRAIN_TIMEOUT:-}" && ( $rc -eq 124 || $rc -eq 143 ) ]]; then
+                echo "note: $v stopped after TRAIN_TIMEOUT=${TRAIN_TIMEOUT}s (exit $rc); it resumes on the next call" >&2
+            else
+                echo "error: training $v failed (exit $rc)" >&2
+                exit "$rc"
+            fi
+        fi
     done
 fi
 
