@@ -62,7 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: list[cp.BucketResult] = []
     receptive_fields = set()
     for ckpt, label in zip(args.ckpts, labels):
-        model, cfg = load_model(ckpt, device=device, dtype=args.dtype, attn_backend=args.attn_backend)
+        model, cfg = load_model(
+            ckpt, device=device, dtype=args.dtype, attn_backend=args.attn_backend, compile=args.compile
+        )
         receptive_fields.add(cfg.receptive_field)
         print(f"evaluating {label} ({ckpt}) on {device}", file=sys.stderr)
         res = cp.evaluate_copy_paste(

@@ -81,7 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     device = pick_device(args.device)
-    model, cfg = load_model(args.ckpt, device=device, dtype=args.dtype, attn_backend=args.attn_backend)
+    model, cfg = load_model(
+        args.ckpt, device=device, dtype=args.dtype, attn_backend=args.attn_backend, compile=args.compile
+    )
     common = dict(max_bytes=args.max_bytes, chunk_bytes=args.chunk_bytes, batch_size=args.batch_size)
     print(
         f"evaluating {len(books)} book(s) x {args.max_bytes:,} bytes on {device} ({args.dtype}), chunks of {args.chunk_bytes:,}",

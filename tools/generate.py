@@ -53,7 +53,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         prompt = args.prompt
     device = pick_device(args.device)
-    model, _ = load_model(args.ckpt, device=device, dtype=args.dtype, attn_backend=args.attn_backend)
+    model, _ = load_model(
+        args.ckpt, device=device, dtype=args.dtype, attn_backend=args.attn_backend, compile=args.compile
+    )
     out = sys.stdout
     if not args.no_prompt_echo:
         out.write(prompt)

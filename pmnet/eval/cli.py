@@ -24,7 +24,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         "--attn-backend",
         default=None,
         choices=["eager", "sdpa", "flex"],
-        help="override the checkpoint's attention backend (default: as saved; sdpa on CPU if saved flex)",
+        help="attention implementation (default: flex on GPU, sdpa on CPU)",
+    )
+    g.add_argument(
+        "--compile", action="store_true", help="torch.compile the fast path (CUDA; worth it for long streams)"
     )
 
 
