@@ -36,7 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=64, help="samples per bucket (default: 64)")
     p.add_argument("--batch-size", type=int, default=16, help="samples per forward (default: 16)")
     p.add_argument(
-        "--chunk-bytes", type=int, default=8192, help="bytes per forward call, state carried (default: 8192)"
+        "--chunk-bytes",
+        type=int,
+        default=2048,
+        help="bytes per forward call, state carried; samples are padded to whole chunks (default: 2048)",
     )
     p.add_argument("--seed", type=int, default=1234, help="seed of the evaluation samples (default: 1234)")
     p.add_argument("--out", default="runs/eval/copy_paste", help="output directory (default: runs/eval/copy_paste)")

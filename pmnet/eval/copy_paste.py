@@ -107,19 +107,20 @@ def evaluate_copy_paste(
     batch_size: int = 16,
     seed: int = 1234,
     label: str = "model",
-    chunk_bytes: int = 8192,
+    chunk_bytes: int = 2048,
 ) -> list[BucketResult]:
     """Accuracy per bucket (lo, hi] of N for ``model``; the same samples for every model and seed."""
-    if samples_per_bucket < 1 or batch_size < 1:
-        raise EvalError("--samples and --batch-size must be >= 1")
+    if samples_per_bucket < 1 or batch_size < 1 or chunk_bytes < 1:
+        raise EvalError("--samples, --batch-size and --chunk-bytes must be >= 1")
     out = []
     for b, (lo, hi) in enumerate(zip(edges, edges[1:])):
         rng = np.random.default_rng([seed, b])
         ns = sorted(int(n) for n in rng.integers(lo + 1, hi + 1, size=samples_per_bucket))
         exact = correct = 0
-        # one padded length per bucket (a multiple of 128): few distinct shapes for compiled
-        # attention kernels; padding after the sample cannot change causal predictions
-        length = -(-(sample_length(hi) - 1) // 128) * 128 + 1
+        # pad every sample to whole chunks: all forward calls then have one of two shapes (first
+        # chunk / later chunk), so compiled attention kernels (dynamic=False) are built twice,
+        # not once per length; padding after the sample cannot change causal predictions
+        length = -(-(sample_length(hi) - 1) // chunk_bytes) * chunk_bytes + 1
         for i in range(0, len(ns), batch_size):
             part = ns[i : i + batch_size]
             e, c = _score(model, part, seed, b * 1_000_000 + i, chunk_bytes, length)
