@@ -7,9 +7,10 @@ layer. ``fullgraph=True``: nothing in here breaks a graph (static shapes, fp32 s
 
 Math is MODEL.md sections 3-4, unchanged; two rewrites make it cheap:
 
-* Scores through ``sum_j cos(q_j - k_j) = cos q . cos k + sin q . sin k``. Compiled, this is
-  one fused reduction that reads the key projection once (the [B, T, R, N, M] products exist
-  only in registers); eager, it is a batched matmul (``phasor_fast.phase_scores``).
+* Scores never materialise [B, T, R, N, M]: eager, through
+  ``sum_j cos(q_j - k_j) = cos q . cos k + sin q . sin k`` as matmuls
+  (``phasor_fast.phase_scores``); compiled, as one fused reduction of ``cos(q - k)`` that reads
+  the key projection once (fewest transcendentals; see ``phase_scores_fused``).
 * The read's value half is linear: ``sum_n a_rn (Wv_r f_n + bv_r) = Wv_r (sum_n a_rn f_n) + bv_r``
   (the softmax sums to 1), so the value projection runs once per head on the
   attention-weighted features ``g_r = sum_n a_rn f_n`` instead of on every slot: the read
@@ -67,12 +68,15 @@ def phase_features(phi: Tensor, dtype: torch.dtype) -> Tensor:
 def phase_scores_fused(q: Tensor, key: Tensor) -> Tensor:
     """``sum_j cos(q_j - key_n,j)``: q [..., M], key [..., N, M] fp32 -> [..., N].
 
-    Compiled, the products are fused into one reduction; eager, a matmul avoids building
-    the [..., N, M] products.
+    Compiled: the difference form itself, fused into one reduction (the [..., N, M]
+    differences live only in registers). The H200 profile showed this kernel bound by
+    accurate fp32 transcendentals, not memory: the identity form costs cos and sin of the
+    key plus cos and sin of q (recomputed per slot), i.e. 4 per element besides tanh; the
+    difference form costs 1 (and 1 sin in backward). Eager: the identity as two matmuls,
+    which avoids materialising the differences.
     """
     if torch.compiler.is_compiling():
-        qc, qs = torch.cos(q).unsqueeze(-2), torch.sin(q).unsqueeze(-2)
-        return (torch.cos(key) * qc + torch.sin(key) * qs).sum(-1)
+        return torch.cos(q.unsqueeze(-2) - key).sum(-1)
     from pmnet.model.phasor_fast import phase_scores
 
     return phase_scores(q, key)
