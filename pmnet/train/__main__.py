@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import sys
+import warnings
 
 from pmnet.config import Config, ConfigError, dump_config, load_config, validate_config
 
@@ -69,6 +70,8 @@ def dry_run(cfg: Config, world_size: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code."""
+    # DeepSpeed 0.19 calls collectives torch 2.14 deprecates: one FutureWarning per call site and rank
+    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
     args = _parse(list(sys.argv[1:] if argv is None else argv))
     if args.help_config:
         from pmnet.config import main as config_main

@@ -123,19 +123,18 @@ class EvalHook:
 
     def __init__(self, cfg: Config, env: DistEnv, writer: MetricsWriter, make_loader: Any) -> None:
         self.cfg, self.env, self.writer, self.make_loader = cfg, env, writer, make_loader
-        self._batches: list[torch.Tensor] | None = None
+        self._batches: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self._last_step = -1
 
     def on_train_start(self, trainer: Trainer) -> None:
         pass
 
-    def _val_batches(self) -> list[torch.Tensor]:
+    def _val_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         if self._batches is None:
             loader = self.make_loader()
             batches = []
-            for batch in loader:
-                ids, tgt = batch["input_ids"], batch["targets"]
-                batches.append(torch.cat([ids[:, :1], tgt], dim=1).to(torch.uint8))  # the whole sample, 1 byte each
+            for batch in loader:  # kept as bytes (ids < 256): a few MB even for 8 KiB samples
+                batches.append((batch["input_ids"].to(torch.uint8), batch["targets"].to(torch.uint8)))
                 if len(batches) >= self.cfg.eval.max_batches:
                     break
             self._batches = batches
@@ -149,9 +148,8 @@ class EvalHook:
         nll = torch.zeros((), dtype=torch.float64, device=dev)
         count = torch.zeros((), dtype=torch.float64, device=dev)
         try:
-            for sample in self._val_batches():
-                sample = sample.to(dev).long()
-                ids, tgt = sample[:, :-1], sample[:, 1:]
+            for ids_u8, tgt_u8 in self._val_batches():
+                ids, tgt = ids_u8.to(dev).long(), tgt_u8.to(dev).long()
                 state = None
                 for k in range(trainer.chunks):
                     cols = slice(k * trainer.chunk_len, (k + 1) * trainer.chunk_len)
