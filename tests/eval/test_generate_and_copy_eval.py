@@ -50,7 +50,7 @@ def test_score_predictions_exact_iff_all_argmaxes_right() -> None:
 def test_eval_copy_paste_two_models(tiny_ckpt: Path, tiny_ckpt_nomem: Path, tmp_path: Path) -> None:
     proc = run_tool(
         "eval_copy_paste.py", tiny_ckpt, tiny_ckpt_nomem, "--labels", "pmnet", "no-memory",
-        "--edges", "0,16,32,64", "--samples", "4", "--out", tmp_path,
+        "--edges", "0,16,32,64", "--samples", "4", "--chunk-bytes", "128", "--out", tmp_path,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     with open(tmp_path / "copy_paste.csv") as fh:
