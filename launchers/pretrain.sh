@@ -78,7 +78,9 @@ for v in CPU_RANKS M_PORT; do [[ "${!v}" =~ ^[0-9]+$ ]] || die "--${v,,} must be
 
 # ---------------------------------------------------------------- devices on this node
 NGPU=0
-if compgen -G "/dev/nvidia[0-9]*" > /dev/null || [[ -n "${PMNET_FORCE_GPU_PROBE:-}" ]]; then  # skip a torch import on CPU hosts
+# the torch probe (an import, seconds) only where a GPU may exist
+if compgen -G "/dev/nvidia[0-9]*" > /dev/null || command -v nvidia-smi > /dev/null 2>&1 \
+    || [[ -n "${CUDA_VISIBLE_DEVICES:-}" || -n "${PMNET_FORCE_GPU_PROBE:-}" ]]; then
     NGPU="$("$PY" -c 'import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)' 2>/dev/null || echo 0)"
 fi
 if [[ "$NGPU" -gt 0 ]]; then
@@ -132,7 +134,10 @@ elif [[ -n "$HOSTFILE" ]]; then
     WORLD=$(awk '/slots=/ { split($2, a, "="); s += a[2]; n++; if (lim && n >= lim) exit } END { print s }' lim="${NUM_NODES:-0}" "$HOSTFILE")
     LAYOUT="multi-node over ssh (pdsh) from $HOSTFILE: $WORLD rank(s), master port $M_PORT"
 else
-    RUNNER+=(--num_gpus "$PER_NODE" --master_port "$M_PORT")
+    RUNNER+=(--master_port "$M_PORT")
+    # with CUDA_VISIBLE_DEVICES set, DeepSpeed's runner uses exactly those GPUs unless --num_gpus is
+    # given (it then drops the variable and counts from GPU 0)
+    [[ "$DEVICE" == cuda && -n "${CUDA_VISIBLE_DEVICES:-}" && -z "$GPUS" ]] || RUNNER+=(--num_gpus "$PER_NODE")
     WORLD="$PER_NODE"
     LAYOUT="single node: $PER_NODE $DEVICE rank(s), master 127.0.0.1:$M_PORT"
 fi
