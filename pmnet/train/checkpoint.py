@@ -330,7 +330,7 @@ def apply_retention(
 ) -> list[str]:
     """Delete old checkpoints: keep the newest ``keep_last`` up to step ``current`` (default: the newest),
     every multiple of ``keep_every``, the one ``latest`` names and ``protect``. Also removes stale temporary
-    directories, and checkpoints of later steps than ``current`` that are not valid (left by an abandoned
+    directories (and those of a crashed universal conversion), and checkpoints of later steps than ``current`` that are not valid (left by an abandoned
     attempt, e.g. the corrupt one a resume skipped); valid later ones are left alone. Returns deleted names."""
     from pmnet.train.manifest import check_checkpoint
 
@@ -349,7 +349,7 @@ def apply_retention(
         keep.update(p.name for s, p in past if s % keep_every == 0)
     keep.update(p.name for p in future if check_checkpoint(p, verify_hashes=False).state == "valid")
     doomed = [p for _, p in finals if p.name not in keep]
-    doomed += [p for p in root.iterdir() if p.is_dir() and p.name.startswith((TMP_PREFIX, ".del-"))]
+    doomed += [p for p in root.iterdir() if p.is_dir() and p.name.startswith((TMP_PREFIX, ".del-", ".universal-"))]
     deleted = []
     for p in doomed:
         trash = p if p.name.startswith(".del-") else root / f".del-{p.name.lstrip('.')}-{os.getpid()}"
