@@ -113,6 +113,7 @@ def load_model(
         from pmnet.model.compiled import compile_fast_path
 
         compile_fast_path(model)
+        model._eval_compiled = True  # ablated variants built from it get compiled too
     return model, cfg
 
 
@@ -134,7 +135,13 @@ def make_variant(model: torch.nn.Module, cfg: Any, **changes: Any) -> tuple[torc
     bad = [k for k in result.unexpected_keys if not any(a in k for a in allowed)]
     if bad:
         raise EvalError(f"variant {changes} has no place for weights {bad[:3]}")
-    return variant.to(device=param.device, dtype=param.dtype).eval(), new_cfg
+    variant = variant.to(device=param.device, dtype=param.dtype).eval()
+    if getattr(model, "_eval_compiled", False):
+        from pmnet.model.compiled import compile_fast_path
+
+        compile_fast_path(variant)
+        variant._eval_compiled = True
+    return variant, new_cfg
 
 
 def ablation_changes(name: str) -> tuple[dict[str, Any], str | None]:
