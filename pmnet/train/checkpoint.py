@@ -25,6 +25,7 @@ import json
 import os
 import random
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -330,7 +331,7 @@ def apply_retention(
 ) -> list[str]:
     """Delete old checkpoints: keep the newest ``keep_last`` up to step ``current`` (default: the newest),
     every multiple of ``keep_every``, the one ``latest`` names and ``protect``. Also removes stale temporary
-    directories (and those of a crashed universal conversion), and checkpoints of later steps than ``current`` that are not valid (left by an abandoned
+    directories (and those of a universal conversion that crashed over 6 hours ago), and checkpoints of later steps than ``current`` that are not valid (left by an abandoned
     attempt, e.g. the corrupt one a resume skipped); valid later ones are left alone. Returns deleted names."""
     from pmnet.train.manifest import check_checkpoint
 
@@ -349,7 +350,10 @@ def apply_retention(
         keep.update(p.name for s, p in past if s % keep_every == 0)
     keep.update(p.name for p in future if check_checkpoint(p, verify_hashes=False).state == "valid")
     doomed = [p for _, p in finals if p.name not in keep]
-    doomed += [p for p in root.iterdir() if p.is_dir() and p.name.startswith((TMP_PREFIX, ".del-", ".universal-"))]
+    doomed += [p for p in root.iterdir() if p.is_dir() and p.name.startswith((TMP_PREFIX, ".del-"))]
+    # a universal conversion may be running right now (tools/convert_checkpoint.py): only old leftovers go
+    stale = time.time() - 6 * 3600
+    doomed += [p for p in root.iterdir() if p.name.startswith(".universal-") and p.stat().st_mtime < stale]
     deleted = []
     for p in doomed:
         trash = p if p.name.startswith(".del-") else root / f".del-{p.name.lstrip('.')}-{os.getpid()}"
