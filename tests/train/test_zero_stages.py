@@ -1,5 +1,5 @@
-"""ZeRO 1, 2 and 3 on 2 CPU ranks through launchers/pretrain.sh: the loss falls (K=1 and K=4 TBPTT),
-and the TensorBoard events hold every scalar the trainer promises."""
+"""ZeRO 1 (bf16), 2 (activation checkpointing) and 3 on 2 CPU ranks through launchers/pretrain.sh:
+the loss falls (K=1 and K=4 TBPTT), and the TensorBoard events hold every scalar the trainer promises."""
 
 from __future__ import annotations
 
@@ -24,11 +24,15 @@ def _mean(points: list[tuple[int, float]]) -> float:
 
 
 @pytest.mark.multiprocess
-@pytest.mark.parametrize(("stage", "chunks"), [(1, 1), (2, 4), (3, 4)])
-def test_zero_stage_trains_on_two_cpu_ranks(shards: Path, tmp_path: Path, stage: int, chunks: int) -> None:
+@pytest.mark.parametrize(
+    ("stage", "chunks", "extra"),
+    [(1, 1, {"train__precision": "bf16"}), (2, 4, {"train__activation_checkpointing": True}), (3, 4, {})],
+    ids=["zero1-K1-bf16", "zero2-K4-actckpt", "zero3-K4"],
+)
+def test_zero_stage_trains_on_two_cpu_ranks(shards: Path, tmp_path: Path, stage: int, chunks: int, extra: dict) -> None:
     steps = 16
     ov = base_overrides(
-        shards, tmp_path, f"z{stage}",
+        shards, tmp_path, f"z{stage}", **extra,
         deepspeed__zero_stage=stage, train__tbptt_chunks=chunks, train__max_steps=steps,
         eval__interval=8, logging__memory_diagnostics_interval=4, logging__peak_tflops=0.05,
     )  # fmt: skip
