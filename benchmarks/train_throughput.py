@@ -101,20 +101,15 @@ def measure_matmul_peak(n: int = 8192, iters: int = 20) -> float:
 
 
 def executed_flops_per_byte(cfg: PMNetConfig, seq: int | None, training: bool = True) -> float:
-    """Matmul FLOPs/byte the fast path runs (``fused.read_core``), for the executed-FLOPs MFU.
+    """Matmul FLOPs/byte the fast path runs (``flops.py`` with ``implementation="fast"``).
 
-    Analytic read (flops.py): proj_q + N x 2 x 2M x 2RM (key and value halves on every slot)
-    + scores + R x N x 2M (weighted values) + 2 x RM x d (proj_out). Fast read: proj_q +
-    N x 2 x 2M x RM (key half on every slot) + scores + R x N x 2 x 2M (weighted features)
-    + 2 x d x R x 2M (value half folded into proj_out: ``fused.value_out_weights``; the fold
-    itself is ~1 GFLOP per call, negligible per byte and not counted).
+    The key half of the read projection runs on every slot, the value half once per head on
+    the attention-weighted features (folded into the output projection where d < 2M, as for
+    the 119M model); the per-call fold is negligible at training sizes and not counted.
+    The reference path runs the analytic (MODEL.md) products.
     """
-    n, m, r, d = cfg.num_memory, cfg.memory_size, cfg.num_memory_read_heads, cfg.hidden_size
-    fwd = forward_flops_per_byte(cfg, seq)
-    if cfg.use_memory and cfg.memory_impl == "fast":
-        analytic_read = n * 2 * (2 * m) * (2 * r * m) + r * n * 2 * m + 2 * r * m * d
-        fast_read = n * 2 * (2 * m) * (r * m) + r * n * 2 * (2 * m) + 2 * d * r * (2 * m)
-        fwd -= cfg.num_hidden_layers * (analytic_read - fast_read)
+    impl = "fast" if cfg.memory_impl == "fast" else "model"
+    fwd = forward_flops_per_byte(cfg, seq, implementation=impl)
     return 3.0 * fwd if training else fwd
 
 

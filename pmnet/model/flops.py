@@ -30,7 +30,11 @@ def mean_keys_seen(window: int, seq_len: int | None) -> float:
 
 
 def forward_flops_breakdown(
-    cfg: PMNetConfig, seq_len: int | None = None, dense_attention: bool = False, implementation: str = "model"
+    cfg: PMNetConfig,
+    seq_len: int | None = None,
+    dense_attention: bool = False,
+    implementation: str = "model",
+    bytes_per_call: int | None = None,
 ) -> dict[str, float]:
     """Forward matmul FLOPs per byte by component (the sum is ``forward_flops_per_byte``).
 
@@ -39,7 +43,9 @@ def forward_flops_breakdown(
     count for MFU and the one ``PMNetConfig.flops_per_byte`` reports. ``"fast"`` counts the
     products the fast path (``fused.read_core``) actually runs: the value half of Wkv is
     linear and the read softmax sums to 1, so it runs once per head on the
-    attention-weighted slot features instead of on every slot.
+    attention-weighted slot features instead of on every slot (and, where d < 2M, is folded
+    into the output projection; the fold costs a per-call constant, counted per byte when
+    ``bytes_per_call`` = B x T is given, negligible at training sizes).
     """
     if implementation not in ("model", "fast"):
         raise ValueError(f"implementation={implementation!r}: use 'model' or 'fast'")
@@ -66,17 +72,22 @@ def forward_flops_breakdown(
                 n * 2 * (2 * m) * (r * m)  # value half of proj_kv on each of the N slots
                 + r * n * 2 * m  # attention-weighted sum of slot values
             )
+            values += 2 * r * m * d  # proj_out
+        elif d < 2 * m:  # fused.fold_value_out: Wv folded into Wo, one [d, R x 2M] GEMM per byte
+            values = r * n * 2 * (2 * m) + 2 * d * r * (2 * m)
+            if bytes_per_call:  # the fold itself (R products [d, M] x [M, 2M]) once per forward call
+                values += 2 * d * r * m * (2 * m) / bytes_per_call
         else:
             values = (
                 r * n * 2 * (2 * m)  # attention-weighted slot features, per head
                 + r * 2 * (2 * m) * m  # value half of proj_kv once per head
+                + 2 * r * m * d  # proj_out
             )
         read = (
             2 * d * r * m  # proj_q
             + n * 2 * (2 * m) * (r * m)  # key half of proj_kv on each of the N slots
             + r * n * 2 * (2 * m)  # phase scores as cos.cos + sin.sin dot products
             + values
-            + 2 * r * m * d  # proj_out
         )
         write = (
             2 * d * m  # proj_q
@@ -91,7 +102,11 @@ def forward_flops_breakdown(
 
 
 def forward_flops_per_byte(
-    cfg: PMNetConfig, seq_len: int | None = None, dense_attention: bool = False, implementation: str = "model"
+    cfg: PMNetConfig,
+    seq_len: int | None = None,
+    dense_attention: bool = False,
+    implementation: str = "model",
+    bytes_per_call: int | None = None,
 ) -> float:
     """Forward matmul FLOPs per byte (training is about 3x this: forward + two backward products)."""
-    return sum(forward_flops_breakdown(cfg, seq_len, dense_attention, implementation).values())
+    return sum(forward_flops_breakdown(cfg, seq_len, dense_attention, implementation, bytes_per_call).values())

@@ -15,8 +15,9 @@ Math is MODEL.md sections 3-4, unchanged; two rewrites make it cheap:
   (the softmax sums to 1), so the value projection runs once per head on the
   attention-weighted features ``g_r = sum_n a_rn f_n`` instead of on every slot: the read
   projection on the N slots shrinks from 2RM to RM outputs, and the value half costs
-  R x 2M x M per byte instead of N x 2M x RM; it is then folded into the output projection
-  (``value_out_weights``: one [d, R x 2M] GEMM per byte). The interchange weights are unchanged:
+  R x 2M x M per byte instead of N x 2M x RM; where that saves products (d < 2M, the 119M
+  model) it is folded into the output projection (``value_out_weights``: one [d, R x 2M] GEMM
+  per byte). The interchange weights are unchanged:
   ``proj_kv.weight`` rows [0, RM) are the key half, rows [RM, 2RM) the value half
   (head r's values are rows RM + rM .. RM + (r+1)M).
 
@@ -117,8 +118,18 @@ def read_core(
     key = (math.pi * torch.tanh(k_pre.float())).view(b, t, n, r, m).transpose(2, 3)  # [B, T, R, N, M]
     a = torch.softmax(phase_scores_fused(q, key) / math.sqrt(m), dim=-1)  # [B, T, R, N]
     g = weighted_features(a, feats)  # [B, T, R, 2M]: attention-weighted features per head
-    w_eff, b_eff = value_out_weights(wkv, bkv, wo, bo, r)
-    return F.linear(g.reshape(b, t, 2 * rm).to(wo.dtype), w_eff, b_eff)
+    if fold_value_out(wo.shape[0], m):
+        w_eff, b_eff = value_out_weights(wkv, bkv, wo, bo, r)
+        return F.linear(g.reshape(b, t, 2 * rm).to(wo.dtype), w_eff, b_eff)
+    wv = wkv[rm:].view(r, m, 2 * m)  # head r's value rows
+    val = torch.einsum("btrf,rmf->btrm", g.to(wkv.dtype), wv) + bkv[rm:].view(r, m)  # [B, T, R, M]
+    return F.linear(val.reshape(b, t, rm).to(wo.dtype), wo, bo)
+
+
+def fold_value_out(hidden: int, m: int) -> bool:
+    """Whether folding Wv into Wo saves products: 2M x d per head and byte folded, against
+    2M x M + M x d unfolded, i.e. when d < 2M (119M: d = 512, M = 512; not the 30M or tiny)."""
+    return hidden < 2 * m
 
 
 def value_out_weights(wkv: Tensor, bkv: Tensor, wo: Tensor, bo: Tensor, heads: int) -> tuple[Tensor, Tensor]:

@@ -27,7 +27,9 @@ def test_analytic_flops_match_flop_counter(preset: str, seq_len: int, impl: str)
         model(ids)
     measured = counter.get_total_flops() / ids.numel()
     count = "model" if impl == "reference" else "fast"
-    analytic = forward_flops_per_byte(cfg, seq_len, dense_attention=True, implementation=count)
+    analytic = forward_flops_per_byte(
+        cfg, seq_len, dense_attention=True, implementation=count, bytes_per_call=ids.numel()
+    )
     print(
         f"\n{preset} {impl}: analytic {analytic:.4e} FLOP/byte, FlopCounterMode {measured:.4e}, ratio {measured / analytic:.5f}"
     )
