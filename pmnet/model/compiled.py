@@ -42,6 +42,7 @@ def compile_fast_path(model: nn.Module, mode: Literal["modules", "layers"] = "mo
     if mode != "modules":
         raise ValueError(f"mode={mode!r}: use 'modules' or 'layers'")
     fused.set_compiled(True)
+    _raise_recompile_limit(32)
     for sub in model.modules():
         shared = isinstance(sub, PMNetAttention | SwiGLU)
         if shared or (isinstance(sub, RMSNorm) and not _inside_attention(model, sub)):
@@ -52,3 +53,14 @@ def compile_fast_path(model: nn.Module, mode: Literal["modules", "layers"] = "mo
 def _inside_attention(model: nn.Module, norm: nn.Module) -> bool:
     """q/k norms live inside PMNetAttention and are compiled with it."""
     return any(isinstance(sub, PMNetAttention) and any(m is norm for m in sub.modules()) for sub in model.modules())
+
+
+def _raise_recompile_limit(limit: int) -> None:
+    """One code object serves every shape it meets (training, no-grad eval, chunks with and
+    without carried keys, each level's group count for the scan): dynamo's default of 8
+    compiled versions per code object is too tight for a run that trains and evaluates."""
+    import torch._dynamo as dynamo
+
+    for name in ("recompile_limit", "cache_size_limit"):  # renamed across torch versions
+        if hasattr(dynamo.config, name) and getattr(dynamo.config, name) < limit:
+            setattr(dynamo.config, name, limit)
