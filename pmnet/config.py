@@ -200,6 +200,8 @@ class DeepSpeedConfig:
     "ZeRO-3 parameter prefetch size."
     offload_optimizer: bool = False
     "Keep optimizer state on CPU (ZeRO 1/2/3)."
+    grad_accum_fp32: bool = True
+    "With bf16, accumulate and reduce gradients in fp32 (ZeRO-1 then uses DeepSpeed's BF16_Optimizer); false = bf16."
     timeout_minutes: int = 30
     "Collective-operation timeout."
 

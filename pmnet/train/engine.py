@@ -134,6 +134,7 @@ def deepspeed_config(cfg: Config, world_size: int) -> dict[str, Any]:
         "steps_per_print": 2**31 - 1,
         "wall_clock_breakdown": False,
         "dump_state": False,
+        "data_types": {"grad_accum_dtype": "fp32" if ds.grad_accum_fp32 or t.precision == "fp32" else "bf16"},
     }
 
 
