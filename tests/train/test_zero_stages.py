@@ -36,9 +36,13 @@ def test_zero_stage_trains_on_two_cpu_ranks(shards: Path, tmp_path: Path, stage:
         deepspeed__zero_stage=stage, train__tbptt_chunks=chunks, train__max_steps=steps,
         eval__interval=8, logging__memory_diagnostics_interval=4, logging__peak_tflops=0.05,
     )  # fmt: skip
-    res = run_launch(pretrain_cmd("configs/demo.yaml", ov, "--cpu-ranks", "2", "--master-port", str(free_port())),
-                     launch_env())  # fmt: skip
+    port, ext = free_port(), tmp_path / "torch_extensions"
+    res = run_launch(pretrain_cmd("configs/demo.yaml", ov, "--cpu-ranks", "2", "--master-port", str(port)),
+                     launch_env(TORCH_EXTENSIONS_DIR=str(ext)))  # fmt: skip
     assert res.rc == 0, res.explain()
+    # DeepSpeed's shared-memory all-reduce op is neither built nor left in /dev/shm (FACTS.md)
+    assert not (ext.exists() and any(ext.rglob("*shm*"))), sorted(ext.rglob("*"))
+    assert not list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer*{port}*"))
     run = tmp_path / f"z{stage}"
     scalars = read_scalars(run / "tb")
     loss = scalars["train/loss"]
