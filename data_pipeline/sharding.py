@@ -348,6 +348,10 @@ def _finish(
         f"bytes from {t['documents']['train'] + t['documents']['val']} documents "
         f"({sum(t['dropped'].values())} dropped)"
     )
+    for split in SPLITS:
+        if t["samples"][split] == 0:
+            # an empty split has no directory: a run that names it as a stream would fail later
+            _log(f"note: the {split} split is empty, so {out}/{split} was not written (see --val-fraction)")
     return manifest
 
 
