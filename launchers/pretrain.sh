@@ -160,6 +160,10 @@ fi
 "$PY" -m pmnet.train "${ARGS[@]}" --dry-run --world-size "$WORLD" > /dev/null
 
 # ---------------------------------------------------------------- run, forwarding stop signals
+# The launcher runs in its own session, so signals sent to this script's process group (timeout,
+# a terminal's Ctrl-C, SLURM) reach only this script, which turns them into a graceful stop:
+# DeepSpeed's launcher would otherwise SIGKILL the ranks 30 s after a SIGTERM (possibly in the
+# middle of a checkpoint) and exit 1.
 descendants() {
     local child
     for child in $(ps -o pid= --ppid "$1" 2>/dev/null); do
@@ -167,11 +171,16 @@ descendants() {
         descendants "$child"
     done
 }
+STOPS=0
 forward_stop() {
-    # The ranks checkpoint at the next step boundary and exit 0; the DeepSpeed launcher is left
-    # alone (on SIGTERM it would kill the ranks after 30 s).
     local pid
-    echo "pretrain.sh: stop signal received: asking the ranks to checkpoint and exit" >&2
+    STOPS=$((STOPS + 1))
+    if [[ "$1" == INT && "$STOPS" -gt 1 ]]; then
+        echo "pretrain.sh: second interrupt: terminating the ranks without a checkpoint" >&2
+        for pid in $(descendants "$LAUNCH_PID"); do kill -TERM "$pid" 2>/dev/null || true; done
+        return
+    fi
+    echo "pretrain.sh: SIG$1: the ranks checkpoint at the next step boundary and exit (Ctrl-C twice: no checkpoint)" >&2
     for pid in $(descendants "$LAUNCH_PID"); do
         if tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q -- "-m pmnet.train"; then
             kill -USR1 "$pid" 2>/dev/null || true
@@ -179,9 +188,11 @@ forward_stop() {
     done
 }
 echo "pretrain.sh: $LAYOUT"
-"${CMD[@]}" &
+setsid -w "${CMD[@]}" &
 LAUNCH_PID=$!
-trap forward_stop TERM USR1
+trap 'forward_stop TERM' TERM
+trap 'forward_stop USR1' USR1
+trap 'forward_stop INT' INT
 set +e
 while kill -0 "$LAUNCH_PID" 2>/dev/null; do
     wait "$LAUNCH_PID"  # returns early (> 128) when a trapped signal arrives; then wait again

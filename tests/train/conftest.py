@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -101,26 +102,31 @@ def pretrain_cmd(config: str, overrides: list[str], *flags: str) -> list[str]:
     return ["bash", "launchers/pretrain.sh", config, *overrides, *flags]
 
 
-def run_launch(cmd: list[str], env: dict[str, str], timeout: float = 240) -> Result:
+def run_launch(cmd: list[str], env: dict[str, str], timeout: float = 300) -> Result:
     """Run a launcher command to completion (output captured, shown on failure)."""
-    t0 = time.time()
-    p = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                       timeout=timeout)  # fmt: skip
-    return Result(p.returncode, p.stdout, time.time() - t0)
+    log = Path(env.get("TMPDIR", "/tmp")) / f"launch-{time.time_ns()}.log"
+    return finish(start_launch(cmd, env, log), log, time.time(), timeout)
 
 
 def start_launch(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    """Start a launcher command in the background, output to ``log``."""
-    fh = open(log, "w")  # noqa: SIM115 - closed by the caller via finish()
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT, text=True)
+    """Start a launcher command in the background (its own process group), output to ``log``."""
+    with open(log, "w") as fh:
+        return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def finish(p: subprocess.Popen, log: Path, t0: float, timeout: float = 240) -> Result:
+def finish(p: subprocess.Popen, log: Path, t0: float, timeout: float = 300) -> Result:
+    """Wait for a launch; past ``timeout`` interrupt it twice (pretrain.sh then terminates its ranks)."""
     try:
         p.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        p.kill()
-        p.wait()
+        for _ in range(2):
+            p.send_signal(signal.SIGINT)
+            time.sleep(1)
+        try:
+            p.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
     return Result(p.returncode, log.read_text(errors="replace"), time.time() - t0)
 
 

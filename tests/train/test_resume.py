@@ -4,13 +4,14 @@ All runs share one schedule (max_steps=1000, stopped at STEPS by ``train.stop_at
 interruption point can be compared with the uninterrupted run:
 
 * A: STEPS steps in one go.
-* T: SIGTERM to the launcher mid-run -> a checkpoint and exit 0; relaunch -> resumes to STEPS.
+* T: SIGTERM to the launcher's process group mid-run -> a checkpoint and exit 0; relaunch -> resumes to STEPS.
 * C: checkpoints every 2 steps; rank 1 is SIGKILLed inside the step-4 checkpoint write -> step 2
   stays valid and `latest` names it; relaunch -> resumes from step 2 to STEPS.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from pathlib import Path
@@ -66,7 +67,7 @@ def test_sigterm_and_crash_then_resume_equal_uninterrupted(shards: Path, tmp_pat
             break
         time.sleep(0.2)
     assert p.poll() is None, finish(p, log, t0).explain()
-    p.send_signal(signal.SIGTERM)
+    os.killpg(p.pid, signal.SIGTERM)  # the whole process group, as `timeout` and SLURM do
     t1 = finish(p, log, t0)
     assert t1.rc == 0, t1.explain()
     text = train_log.read_text()
