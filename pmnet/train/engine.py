@@ -122,7 +122,7 @@ def deepspeed_config(cfg: Config, world_size: int) -> dict[str, Any]:
         zero.update(stage3_prefetch_bucket_size=ds.stage3_prefetch_bucket_size, sub_group_size=int(1e12))
     if ds.offload_optimizer and ds.zero_stage > 0:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
-    return {
+    out: dict[str, Any] = {
         "train_batch_size": t.micro_batch_size * gas * world_size,  # counts TBPTT chunks
         "train_micro_batch_size_per_gpu": t.micro_batch_size,
         "gradient_accumulation_steps": gas,
@@ -134,8 +134,10 @@ def deepspeed_config(cfg: Config, world_size: int) -> dict[str, Any]:
         "steps_per_print": 2**31 - 1,
         "wall_clock_breakdown": False,
         "dump_state": False,
-        "data_types": {"grad_accum_dtype": "fp32" if ds.grad_accum_fp32 or t.precision == "fp32" else "bf16"},
     }
+    if t.precision == "bf16" and ds.zero_stage > 0:  # DeepSpeed has no fp32 accumulation without ZeRO
+        out["data_types"] = {"grad_accum_dtype": "fp32" if ds.grad_accum_fp32 else "bf16"}
+    return out
 
 
 class GuardedAdamW(torch.optim.AdamW):

@@ -150,6 +150,7 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float32, device=dev)
         n_bytes = 0
         family: dict[str, float] = {}
+        own_norm = float("nan")
         diagnostics: dict[str, float] = {}
         for micro in range(self.accumulation):
             td = time.perf_counter()
@@ -178,10 +179,13 @@ class Trainer:
                     self.optimizer.force_skip = not bool(torch.isfinite(loss_sum))
                     if want_family_norms:
                         family = self._family_norms()
+                    if self.cfg.deepspeed.zero_stage == 0:  # DeepSpeed keeps no norm without ZeRO in fp32
+                        grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
+                        own_norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
                 engine.step()
                 state = state.detach()
         grad_norm = engine.get_global_grad_norm()
-        grad_norm = float("nan") if grad_norm is None else float(grad_norm)
+        grad_norm = own_norm if grad_norm is None else float(grad_norm)
         # Both terms are global: the guard's flag is all-reduced, DeepSpeed's norm is the global norm.
         skipped = self.optimizer.skipped or not math.isfinite(grad_norm)
         n_chunks = self.accumulation * self.chunks
