@@ -23,8 +23,9 @@
 #   --master-port P   rendezvous port                               [MASTER_PORT, default 29500]
 #   --slurm           read the layout from SLURM_* variables
 #   --dry-run         print config, parameter count, FLOPs/byte, world layout, DeepSpeed JSON, command
-# SIGTERM or SIGUSR1 to this script: every rank checkpoints at the next step boundary and the job
-# exits 0. The Python used is $PMNET_PYTHON, else `python` on PATH.
+# SIGTERM, SIGUSR1 or Ctrl-C to this script (or its process group): every rank checkpoints at the
+# next step boundary and the job exits 0; a second Ctrl-C stops without a checkpoint.
+# The Python used is $PMNET_PYTHON, else `python` on PATH.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -68,7 +69,7 @@ while [[ $# -gt 0 ]]; do
         --master-port) need_value "$@"; M_PORT="$2"; shift 2 ;;
         --slurm) SLURM=1; shift ;;
         --dry-run) DRY=1; shift ;;
-        -h|--help) sed -n '2,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) ARGS+=("$1"); shift ;;
     esac
 done
