@@ -127,7 +127,8 @@ class EvalHook:
         self._last_step = -1
 
     def on_train_start(self, trainer: Trainer) -> None:
-        pass
+        """Read the val batches now: a broken val split fails at start, not at the first eval."""
+        self._val_batches()
 
     def _val_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         if self._batches is None:
