@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from pmnet.families import param_family
 from pmnet.train.manifest import (
     CONFIG,
     MANIFEST,
@@ -43,27 +44,7 @@ from pmnet.train.ptread import DTYPES, PtFile, PtReadError, TensorRef
 
 __all__ = ["AuditReport", "Check", "audit_checkpoint", "compare_checkpoints", "param_family"]
 
-FAMILIES = ("attention", "mlp", "memory_write", "memory_read", "anchors", "embedding", "norms")
 CHUNK = 1 << 22  # elements read at a time when scanning tensors
-
-
-def param_family(name: str) -> str:
-    """Module family of an interchange key (the same split as the trainer's grad-norm families)."""
-    if "memory_embeddings" in name:
-        return "anchors"
-    if "memory_write_module" in name:
-        return "memory_write"
-    if "memory_read_module" in name:
-        return "memory_read"
-    if "self_attn" in name:
-        return "attention"
-    if ".mlp." in name:
-        return "mlp"
-    if "embed_tokens" in name or "lm_head" in name:
-        return "embedding"
-    if "norm" in name:
-        return "norms"
-    return "other"
 
 
 @dataclass

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from pmnet.config import Config, OptimConfig
+from pmnet.families import FAMILIES, param_family
 from pmnet.train.distributed import DistEnv, all_reduce_max
 
 __all__ = [
@@ -36,27 +37,6 @@ __all__ = [
     "param_family",
     "param_groups",
 ]
-
-FAMILIES = ("attention", "mlp", "memory_write", "memory_read", "anchors", "embedding", "norms")
-
-
-def param_family(name: str) -> str:
-    """Module family of a parameter, from its interchange key (MODEL.md section 7)."""
-    if "memory_embeddings" in name:
-        return "anchors"
-    if "memory_write_module" in name:
-        return "memory_write"
-    if "memory_read_module" in name:
-        return "memory_read"
-    if "self_attn" in name:
-        return "attention"
-    if ".mlp." in name:
-        return "mlp"
-    if "embed_tokens" in name or "lm_head" in name:
-        return "embedding"
-    if "norm" in name:
-        return "norms"
-    return "other"
 
 
 def _ndim(p: nn.Parameter) -> int:
