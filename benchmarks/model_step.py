@@ -25,25 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pmnet.model import PMNetConfig, PMNetForCausalLM, lm_loss
-
-
-def measure_matmul_peak(device: torch.device, n: int = 8192, iters: int = 20) -> float:
-    """bf16 dense matmul FLOP/s (n^3), median of timed repeats; 0 on CPU."""
-    if device.type != "cuda":
-        return 0.0
-    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        a @ b
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return 2 * n**3 / statistics.median(times)
+from pmnet.train.metrics import measure_matmul_flops
 
 
 def time_variant(
@@ -108,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    peak = measure_matmul_peak(device)
+    peak = measure_matmul_flops(device)
     rows = []
     for variant in args.variants.split(","):
         try:

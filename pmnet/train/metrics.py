@@ -17,8 +17,8 @@ from __future__ import annotations
 import logging
 import math
 import resource
+import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -76,24 +76,33 @@ def memory_scalars(device: torch.device) -> dict[str, float]:
     return {"perf/cpu_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}
 
 
-def measure_peak_tflops(device: torch.device, dtype: torch.dtype = torch.bfloat16) -> float | None:
-    """Dense matmul throughput of this GPU (TFLOP/s), the MFU denominator when none is configured."""
+def measure_matmul_flops(
+    device: torch.device, dtype: torch.dtype = torch.bfloat16, n: int = 8192, iters: int = 20
+) -> float:
+    """Dense n^3 matmul FLOP/s on a GPU: the median of CUDA-event-timed repeats (0.0 off CUDA)."""
     if device.type != "cuda":
-        return None
-    n = 8192
+        return 0.0
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(3):
         a @ b
-    torch.cuda.synchronize(device)
-    iters = 20
-    t0 = time.perf_counter()
+    times = []
     for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
         a @ b
-    torch.cuda.synchronize(device)
-    dt = time.perf_counter() - t0
+        end.record()
+        torch.cuda.synchronize(device)
+        times.append(start.elapsed_time(end) / 1e3)
     del a, b
-    return 2 * n**3 * iters / dt / 1e12
+    return 2 * n**3 / statistics.median(times)
+
+
+def measure_peak_tflops(device: torch.device, dtype: torch.dtype = torch.bfloat16) -> float | None:
+    """Dense matmul throughput of this GPU (TFLOP/s), the MFU denominator when none is configured."""
+    if device.type != "cuda":
+        return None
+    return measure_matmul_flops(device, dtype) / 1e12
 
 
 class MetricsWriter:
