@@ -83,7 +83,7 @@ def blocked_segmented_prefix_sum(
     dev = delta.device
     pos = torch.arange(t, device=dev)
     perm = torch.argsort(group * t + pos, dim=1)  # [B, T]; keys are unique, so the order is stable
-    inv = torch.empty_like(perm).scatter_(1, perm, pos.expand(b, t))  # sorted index of each position
+    inv = torch.argsort(perm, dim=1)  # sorted index of each position (the inverse permutation)
     g_sorted = group.gather(1, perm)  # [B, T] non-decreasing
     x = delta.float().gather(1, perm[..., None].expand(b, t, dim))  # [B, T, D]
 
@@ -100,10 +100,11 @@ def blocked_segmented_prefix_sum(
     seg_start = starts.gather(1, g_sorted)  # [B, T]
     prev = (seg_start - 1).clamp(min=0)  # sorted index just before the segment
     has_prev = (seg_start > 0)[..., None]
-    blk = torch.div(torch.arange(t, device=dev), block, rounding_mode="floor").expand(b, t)
-    blk_prev = torch.div(prev, block, rounding_mode="floor")
-    e_here = excl.gather(1, blk[..., None].expand(b, t, dim))
-    e_prev = excl.gather(1, blk_prev[..., None].expand(b, t, dim))
+    # E of each sorted position's block, by broadcasting (no index arithmetic: inductor's CPU
+    # backend miscompiled ``arange(T) // block`` as a gather index in training graphs)
+    e_full = excl[:, :, None, :].expand(b, nb, block, dim).reshape(b, tp, dim)
+    e_here = e_full[:, :t]
+    e_prev = e_full.gather(1, prev[..., None].expand(b, t, dim))
     l_here = local[:, :t]
     l_prev = local.gather(1, prev[..., None].expand(b, t, dim))
     zero = torch.zeros((), dtype=x.dtype, device=dev)

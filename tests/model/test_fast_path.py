@@ -152,6 +152,25 @@ def test_compiled_cores_equal_eager_and_reference_cpu() -> None:
 
 
 @pytest.mark.slow
+def test_compiled_scan_training_many_blocks_cpu() -> None:
+    # Regression: inductor (CPU) miscompiled ``arange(T) // block`` used as a gather index in
+    # the training graph, so positions past the first block read garbage block prefixes. With
+    # T = 150 (5 blocks of 32, a partial one) values and gradients must equal eager.
+    delta, group, carried = _scan_inputs(2, 150, 6, 5, scale=3.0)
+    fn = torch.compile(blocked_segmented_prefix_sum, fullgraph=True, dynamic=False)
+    outs = []
+    for f in (blocked_segmented_prefix_sum, fn):
+        d = delta.clone().requires_grad_()
+        out, state = f(d, group, carried)
+        w = torch.linspace(-1, 1, out.numel()).view_as(out)
+        (g,) = torch.autograd.grad((torch.sin(out) * w).sum() + torch.cos(state).sum(), [d])
+        outs.append((out, state, g))
+    (o1, s1, g1), (o2, s2, g2) = outs
+    assert _angle_err(o1, o2) < 1e-5 and _angle_err(s1, s2) < 1e-5
+    assert (g1 - g2).abs().max() < 1e-5 * (1 + g1.abs().max())
+
+
+@pytest.mark.slow
 def test_decoder_layer_compiles_fullgraph_cpu() -> None:
     # torch.compile(fullgraph=True) of whole decoder layers (a write layer and a read-only one,
     # memory cores inlined) raises on any graph break; the numbers equal eager.
