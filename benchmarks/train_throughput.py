@@ -48,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pmnet.model import PMNetConfig, PMNetForCausalLM, lm_loss
 from pmnet.model.compiled import compile_fast_path
 from pmnet.model.flops import forward_flops_per_byte
+from pmnet.train.metrics import measure_matmul_flops
 
 _T0 = time.time()
 DEV = {"type": "cuda"}  # "cpu" with --cpu-smoke: checks the harness (tiny config) without a GPU
@@ -81,23 +82,6 @@ class StepTimer:
 def elapsed() -> float:
     """Seconds since the script started (the --budget-s guard)."""
     return time.time() - _T0
-
-
-def measure_matmul_peak(n: int = 8192, iters: int = 20) -> float:
-    """bf16 dense matmul FLOP/s on this GPU: median of CUDA-event-timed n^3 products."""
-    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        a @ b
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return 2 * n**3 / statistics.median(times)
 
 
 def executed_flops_per_byte(cfg: PMNetConfig, seq: int | None, training: bool = True) -> float:
@@ -405,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(dynamo.config, name):
             setattr(dynamo.config, name, 64)
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", "/tmp/inductor_cache")
-    peak = measure_matmul_peak() if on_gpu() else 1e12  # CPU smoke: a nominal 1 TFLOP/s
+    peak = measure_matmul_flops(torch.device("cuda")) if on_gpu() else 1e12  # CPU smoke: a nominal 1 TFLOP/s
     result: dict[str, Any] = {"peak_flops": peak, "training": [], "long_context": [], "profiles": {}}
     result["torch"] = torch.__version__
     result["device"] = torch.cuda.get_device_name() if on_gpu() else "cpu (smoke test)"
