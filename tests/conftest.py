@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+TINY_SAMPLE_BYTES = 129  # 128 input bytes: K=4 gives chunks of 32 (> the tiny window of 16)
 SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
 
 
@@ -45,6 +48,16 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} not present")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped sample text sharded once per session with the data tool (train/ and val/ MDS)."""
+    out = tmp_path_factory.mktemp("shards") / "demo"
+    cmd = [sys.executable, "tools/shard_dataset.py", "--input", "data_pipeline/samples", "--output", str(out),
+           "--sample-bytes", str(TINY_SAMPLE_BYTES), "--val-fraction", "0.09", "--no-progress"]  # fmt: skip
+    subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, timeout=300)
+    return out
 
 
 if not _has_cuda():

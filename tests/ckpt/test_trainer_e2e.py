@@ -22,10 +22,10 @@ import pytest
 import torch
 
 from tests.ckpt.helpers import REPO, free_port, run_tool
+from tests.conftest import TINY_SAMPLE_BYTES as SAMPLE_BYTES
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
 
-SAMPLE_BYTES = 129
 REL_TOL = 1e-4  # fp32; 2 -> 1 rank changes only the gradient summation order (measured: equal to 5 digits)
 
 
@@ -78,15 +78,6 @@ def tb_losses(run_dir: Path) -> dict[int, float]:
 
 def loader_state(ckpt: Path) -> dict:
     return torch.load(ckpt / "rank_00000.pt", weights_only=True)["dataloader"]
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("e2e_shards") / "sample"
-    cmd = [sys.executable, "tools/shard_dataset.py", "--input", "data_pipeline/samples", "--output", str(out),
-           "--sample-bytes", str(SAMPLE_BYTES), "--val-fraction", "0.09", "--no-progress"]  # fmt: skip
-    subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, timeout=300)
-    return out
 
 
 @pytest.fixture(scope="module")

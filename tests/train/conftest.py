@@ -16,11 +16,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
+from tests.conftest import TINY_SAMPLE_BYTES as SAMPLE_BYTES
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
-SAMPLE_BYTES = 129  # 128 input bytes: K=4 gives chunks of 32 (> the tiny window of 16)
 _PORTS = itertools.count(21000 + (os.getpid() % 2000) * 4)
 
 
@@ -36,16 +35,6 @@ def free_port() -> int:
                 continue
             return port
     raise RuntimeError("no free port")
-
-
-@pytest.fixture(scope="session")
-def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The shipped sample text sharded once with the data tool (train/ and val/ MDS)."""
-    out = tmp_path_factory.mktemp("shards") / "demo"
-    cmd = [sys.executable, "tools/shard_dataset.py", "--input", "data_pipeline/samples", "--output", str(out),
-           "--sample-bytes", str(SAMPLE_BYTES), "--val-fraction", "0.09", "--no-progress"]  # fmt: skip
-    subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, timeout=300)
-    return out
 
 
 def base_overrides(shards: Path, run_root: Path, name: str, **extra: object) -> list[str]:
