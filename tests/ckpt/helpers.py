@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,23 +22,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def launch(spec: dict[str, Any], workdir: Path, world: int, timeout: float = 300) -> list[dict[str, Any]]:
-    """Run ``world`` ranks of the worker on ``spec``; return each rank's result (fails loudly on any bad exit)."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    for old in workdir.glob("result_rank*.json"):
-        old.unlink()
-    spec_path = workdir / "spec.json"
-    spec_path.write_text(json.dumps(spec))
+def run_ranks(cmd: list[str], world: int, log_of: Callable[[int], Path], timeout: float) -> list[int | str]:
+    """Start ``cmd`` as ``world`` gloo CPU ranks (env rendezvous on loopback), wait, return the exit codes."""
     port = free_port()
     procs = []
     for rank in range(world):
         env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
                    MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1",
-                   PYTHONPATH=str(REPO))  # fmt: skip
-        log = open(workdir / f"rank{rank}.log", "w")  # noqa: SIM115 (closed after wait)
-        procs.append((subprocess.Popen([PY, str(WORKER), str(spec_path)], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                       cwd=REPO), log))  # fmt: skip
-    codes = []
+                   PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")  # fmt: skip
+        log = open(log_of(rank), "w")  # noqa: SIM115 (closed after wait)
+        procs.append((subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO), log))
+    codes: list[int | str] = []
     for p, log in procs:
         try:
             codes.append(p.wait(timeout=timeout))
@@ -45,6 +40,17 @@ def launch(spec: dict[str, Any], workdir: Path, world: int, timeout: float = 300
             p.kill()
             codes.append("timeout")
         log.close()
+    return codes
+
+
+def launch(spec: dict[str, Any], workdir: Path, world: int, timeout: float = 300) -> list[dict[str, Any]]:
+    """Run ``world`` ranks of the worker on ``spec``; return each rank's result (fails loudly on any bad exit)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    for old in workdir.glob("result_rank*.json"):
+        old.unlink()
+    spec_path = workdir / "spec.json"
+    spec_path.write_text(json.dumps(spec))
+    codes = run_ranks([PY, str(WORKER), str(spec_path)], world, lambda r: workdir / f"rank{r}.log", timeout)
     if any(c != 0 for c in codes):
         tails = "\n".join((workdir / f"rank{r}.log").read_text()[-3000:] for r in range(world))
         raise AssertionError(f"worker exit codes {codes}\n{tails}")

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.ckpt.helpers import REPO, free_port, run_tool
+from tests.ckpt.helpers import REPO, run_ranks, run_tool
 from tests.conftest import TINY_SAMPLE_BYTES as SAMPLE_BYTES
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
@@ -44,23 +44,8 @@ def _overrides(shards: Path, root: Path, name: str, **extra: object) -> list[str
 
 def train(overrides: list[str], ranks: int, log: Path, timeout: float = 400) -> str:
     """``python -m pmnet.train configs/demo.yaml OVERRIDES`` on ``ranks`` CPU processes; returns rank 0's log."""
-    port = free_port()
-    procs = []
-    for r in range(ranks):
-        env = dict(os.environ, RANK=str(r), WORLD_SIZE=str(ranks), LOCAL_RANK=str(r), LOCAL_WORLD_SIZE=str(ranks),
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1",
-                   PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")  # fmt: skip
-        fh = open(log.with_suffix(f".rank{r}.log"), "w")  # noqa: SIM115 (closed below)
-        cmd = [sys.executable, "-m", "pmnet.train", "configs/demo.yaml", *overrides]
-        procs.append((subprocess.Popen(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT), fh))
-    codes = []
-    for p, fh in procs:
-        try:
-            codes.append(p.wait(timeout=timeout))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            codes.append("timeout")
-        fh.close()
+    cmd = [sys.executable, "-m", "pmnet.train", "configs/demo.yaml", *overrides]
+    codes = run_ranks(cmd, ranks, lambda r: log.with_suffix(f".rank{r}.log"), timeout)
     out = log.with_suffix(".rank0.log").read_text(errors="replace")
     if any(c != 0 for c in codes):
         others = "".join(log.with_suffix(f".rank{r}.log").read_text(errors="replace")[-2000:] for r in range(1, ranks))
