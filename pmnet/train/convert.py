@@ -153,8 +153,15 @@ def _clean(name: str) -> str:
 
 def _stage_of(osd: dict[str, Any]) -> int:
     z = osd.get("zero_stage")
+    if z is None and "single_partition_of_fp32_groups" in osd and "base_optimizer_state" in osd:
+        # DeepSpeed's BF16_Optimizer (bf16 weights + fp32 grad accumulation + ZeRO-1, files
+        # bf16_zero_pp_rank_*): no zero_stage key, but the ZeRO-1/2 layout (one flat fp32
+        # partition per group per rank, params in order, padded at the group's end)
+        return 1
     if isinstance(z, Stub):
         z = z.args[0] if z.args else z.state
+    if z is None:
+        raise TypeError("optimizer state has no zero_stage and is no BF16_Optimizer state")
     return int(z)
 
 

@@ -59,6 +59,8 @@ def main() -> None:
         "bf16": {"enabled": cfg.train.precision == "bf16"},
         "steps_per_print": 2**31 - 1,
     }
+    if cfg.train.precision == "bf16" and stage > 0:  # as pmnet.train.engine: fp32 accumulation (ZeRO-1: BF16_Optimizer)
+        ds_cfg["data_types"] = {"grad_accum_dtype": "fp32"}
     torch.manual_seed(spec.get("seed", 0))
     with deepspeed.zero.Init(config_dict_or_path=ds_cfg, enabled=stage == 3):  # as pmnet.train.engine does
         model = PMNetForCausalLM(mcfg)

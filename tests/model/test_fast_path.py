@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from pmnet.model import fused
+from pmnet.model import fused, lm_loss
 from pmnet.model.compiled import compile_fast_path
 from pmnet.model.phasor_fast import segmented_prefix_sum
 from pmnet.model.scan import blocked_segmented_prefix_sum, mod_2pi
@@ -208,4 +208,10 @@ def test_compile_fast_path_gpu_matches_reference(dtype: torch.dtype) -> None:
             if r is not None:
                 assert (c.float() - r).abs().max() <= 1e-4 * (1 + r.abs().max())
     else:
-        assert (logits - ref_logits).abs().max() < 0.05 * (1 + ref_logits.abs().max())
+        # not a max: with sharpened weights bf16 rounding flips the hard write routing at a few
+        # positions (CPU eager bf16 shows the same), so compare the bulk and the loss
+        # (CPU eager bf16 of this model: max |diff| 0.43, KL 2e-4 nats/byte, loss within 1e-4)
+        la, lb = torch.log_softmax(ref_logits, -1), torch.log_softmax(logits.float(), -1)
+        assert (la.exp() * (la - lb)).sum(-1).mean() < 1e-2  # KL(fp32 reference || bf16), nats/byte
+        loss, ref_loss = (lm_loss(x.float()[:, :-1], ids[:, 1:]) for x in (logits, ref_logits))
+        assert abs(loss - ref_loss) < 0.01 * ref_loss
