@@ -121,13 +121,14 @@ def test_zero0_bf16_exports_fp32_masters(tmp_path: Path) -> None:
     assert all(torch.equal(got[k].to(torch.bfloat16), v) for k, v in sd["module"].items())
 
 
-
 def test_zero1_bf16_optimizer_two_ranks(tmp_path: Path) -> None:
     """bf16 + ZeRO-1 runs DeepSpeed's BF16_Optimizer (bf16_zero_pp_rank_* files, no zero_stage key):
     the exported fp32 masters round to the engine's bf16 weights, audited and converted alike."""
     from tests.ckpt.helpers import launch
 
-    launch({"stage": 1, "precision": "bf16", "steps": 2, "save_at": [2], "run_dir": str(tmp_path / "r")}, tmp_path / "j", 2)
+    launch(
+        {"stage": 1, "precision": "bf16", "steps": 2, "save_at": [2], "run_dir": str(tmp_path / "r")}, tmp_path / "j", 2
+    )
     ckpt = tmp_path / "r" / "checkpoints" / "step_00000002"
     assert len(list(ckpt.glob("bf16_zero_pp_rank_*_optim_states.pt"))) == 2
     p = run_tool("tools/convert_checkpoint.py", "interchange", str(ckpt), str(tmp_path / "o"), "--json")
@@ -142,6 +143,7 @@ def test_zero1_bf16_optimizer_two_ranks(tmp_path: Path) -> None:
     assert any(not torch.equal(got[k], v.float()) for k, v in sd["module"].items())  # masters, not bf16 copies
     p = run_tool("tools/audit_checkpoint.py", str(ckpt))
     assert p.returncode == 0, p.stdout + p.stderr
+
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
