@@ -20,7 +20,8 @@
 #   --num-nodes N     nodes in the job                              [NNODES]
 #   --node-rank R     this node's rank (selects the no-ssh mode)    [NODE_RANK]
 #   --master-addr A   address of node 0                             [MASTER_ADDR, default 127.0.0.1]
-#   --master-port P   rendezvous port                               [MASTER_PORT, default 29500]
+#   --master-port P   rendezvous port                               [MASTER_PORT, default 29500;
+#                     single node: the first free port from 29500 on, so two runs can share a machine]
 #   --slurm           read the layout from SLURM_* variables
 #   --dry-run         print config, parameter count, FLOPs/byte, world layout, DeepSpeed JSON, command
 # SIGTERM, SIGUSR1 or Ctrl-C to this script (or its process group): every rank checkpoints at the
@@ -54,6 +55,7 @@ NUM_NODES="${NNODES:-}"
 NODE_RANK_ARG="${NODE_RANK:-}"
 M_ADDR="${MASTER_ADDR:-}"
 M_PORT="${MASTER_PORT:-29500}"
+PORT_GIVEN=0; [[ -n "${MASTER_PORT:-}" ]] && PORT_GIVEN=1
 SLURM=0
 DRY=0
 ARGS=()
@@ -66,7 +68,7 @@ while [[ $# -gt 0 ]]; do
         --num-nodes) need_value "$@"; NUM_NODES="$2"; shift 2 ;;
         --node-rank) need_value "$@"; NODE_RANK_ARG="$2"; shift 2 ;;
         --master-addr) need_value "$@"; M_ADDR="$2"; shift 2 ;;
-        --master-port) need_value "$@"; M_PORT="$2"; shift 2 ;;
+        --master-port) need_value "$@"; M_PORT="$2"; PORT_GIVEN=1; shift 2 ;;
         --slurm) SLURM=1; shift ;;
         --dry-run) DRY=1; shift ;;
         -h|--help) sed -n '2,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
@@ -135,6 +137,23 @@ elif [[ -n "$HOSTFILE" ]]; then
     WORLD=$(awk '/slots=/ { split($2, a, "="); s += a[2]; n++; if (lim && n >= lim) exit } END { print s }' lim="${NUM_NODES:-0}" "$HOSTFILE")
     LAYOUT="multi-node over ssh (pdsh) from $HOSTFILE: $WORLD rank(s), master port $M_PORT"
 else
+    if [[ "$PORT_GIVEN" == 0 ]]; then
+        # a second run on this machine would otherwise die with EADDRINUSE at rendezvous
+        M_PORT="$("$PY" -c '
+import socket, sys
+start = int(sys.argv[1])
+for port in range(start, start + 200):
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        print(port)
+        break
+else:
+    print(start)
+' "$M_PORT")"
+    fi
     RUNNER+=(--master_port "$M_PORT")
     # with CUDA_VISIBLE_DEVICES set, DeepSpeed's runner uses exactly those GPUs unless --num_gpus is
     # given (it then drops the variable and counts from GPU 0)

@@ -75,3 +75,25 @@ def test_dry_run_and_one_line_errors() -> None:
     assert bad.returncode == 2
     lines = [ln for ln in bad.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "train.global_batch_size=7" in lines[0] and "Traceback" not in bad.stderr
+
+
+def test_single_node_launch_skips_a_busy_port() -> None:
+    """Two runs on one machine: with no port given, the launcher takes the next free one from 29500."""
+    import socket
+
+    def layout(*extra: str) -> str:
+        out = subprocess.run(
+            ["bash", "launchers/pretrain.sh", "configs/demo.yaml", "--dry-run", *extra],
+            cwd=REPO, env=launch_env(), capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        return next(ln for ln in out.stdout.splitlines() if ln.startswith("single node"))
+
+    with socket.socket() as busy:
+        try:
+            busy.bind(("127.0.0.1", 29500))
+            busy.listen()
+        except OSError:
+            pass  # something else holds it already: just as busy
+        assert not layout().endswith("127.0.0.1:29500")
+        assert layout("--master-port", "29500").endswith("127.0.0.1:29500")  # an explicit port is kept
