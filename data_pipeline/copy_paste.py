@@ -88,10 +88,21 @@ def sample_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence([_STREAM_TAG, seed, index])))
 
 
-def draw_sample(seed: int, index: int, min_n: int, max_n: int) -> np.ndarray:
-    """Global sample ``index``: N uniform in [min_n, max_n], then the payload, from one RNG."""
+def largest_n(index: int, min_n: int, max_n: int, ramp_samples: int = 0, start_n: int | None = None) -> int:
+    """The largest N global sample ``index`` may draw: ``max_n``, or with a curriculum
+    (``ramp_samples`` > 0) a linear ramp from ``start_n`` at index 0 to ``max_n`` at ``ramp_samples``."""
+    if ramp_samples <= 0 or index >= ramp_samples:
+        return max_n
+    start = max(min_n, min(max_n, start_n if start_n is not None else min_n))
+    return start + (max_n - start) * index // ramp_samples
+
+
+def draw_sample(
+    seed: int, index: int, min_n: int, max_n: int, ramp_samples: int = 0, start_n: int | None = None
+) -> np.ndarray:
+    """Global sample ``index``: N uniform in [min_n, largest_n(index, ...)], then the payload, from one RNG."""
     rng = sample_rng(seed, index)
-    n = int(rng.integers(min_n, max_n + 1))
+    n = int(rng.integers(min_n, largest_n(index, min_n, max_n, ramp_samples, start_n) + 1))
     return make_sample(n, rng)
 
 
@@ -112,6 +123,8 @@ class CopyPasteLoader:
         micro_batch_size: int,
         rank: int = 0,
         world_size: int = 1,
+        curriculum_samples: int = 0,
+        curriculum_start_n: int | None = None,
     ) -> None:
         if not 1 <= min_n <= max_n:
             raise ValueError(f"need 1 <= min_n <= max_n, got {min_n}, {max_n}")
@@ -123,6 +136,9 @@ class CopyPasteLoader:
         self.sample_bytes, self.micro_batch_size = sample_bytes, micro_batch_size
         self.rank, self.world_size = rank, world_size
         self.consumed = 0  # samples this rank has produced so far
+        # the ramp runs over the global index, so it is the same on any number of ranks
+        self.curriculum_samples = max(0, curriculum_samples)
+        self.curriculum_start_n = curriculum_start_n if self.curriculum_samples else None
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         return self
@@ -133,7 +149,9 @@ class CopyPasteLoader:
         targets = np.empty_like(inputs)
         for i in range(b):
             index = (self.consumed + i) * self.world_size + self.rank
-            sample = draw_sample(self.seed, index, self.min_n, self.max_n)
+            sample = draw_sample(
+                self.seed, index, self.min_n, self.max_n, self.curriculum_samples, self.curriculum_start_n
+            )
             inputs[i], targets[i] = inputs_and_targets(sample, self.sample_bytes)
         self.consumed += b
         return {"input_ids": torch.from_numpy(inputs), "targets": torch.from_numpy(targets)}
@@ -148,11 +166,13 @@ class CopyPasteLoader:
             "min_n": self.min_n,
             "max_n": self.max_n,
             "sample_bytes": self.sample_bytes,
+            "curriculum_samples": self.curriculum_samples,
+            "curriculum_start_n": self.curriculum_start_n,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue after the last sample of ``state``; refuses a state of other settings."""
-        for key in ("seed", "min_n", "max_n", "sample_bytes"):
+        for key in ("seed", "min_n", "max_n", "sample_bytes", "curriculum_samples", "curriculum_start_n"):
             if key in state and state[key] != getattr(self, key):
                 raise ValueError(f"copy-paste loader state has {key}={state[key]}, this run has {getattr(self, key)}")
         total = int(state["global_consumed"])
@@ -175,6 +195,8 @@ def build_copy_paste_dataloader(data_cfg: Any, micro_batch_size: int) -> CopyPas
         micro_batch_size=micro_batch_size,
         rank=int(os.environ.get("RANK", "0")),
         world_size=int(os.environ.get("WORLD_SIZE", "1")),
+        curriculum_samples=cp.curriculum_samples,
+        curriculum_start_n=cp.curriculum_start_n,
     )
 
 

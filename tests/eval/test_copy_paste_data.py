@@ -92,6 +92,32 @@ def test_ranks_split_the_global_stream_and_resume_elastically() -> None:
         _loader(seed=9).load_state_dict(r0.state_dict())
 
 
+def test_curriculum_ramps_the_largest_n_by_global_index() -> None:
+    ramp = 400
+    caps = [cp.largest_n(i, 10, 64, ramp, 16) for i in range(600)]
+    assert caps[0] == 16 and caps[ramp - 1] < 64 and set(caps[ramp:]) == {64}
+    assert all(a <= b for a, b in zip(caps, caps[1:]))  # never shrinks
+    ns = [(cp.draw_sample(3, i, 10, 64, ramp, 16).size - 2) // 3 for i in range(600)]
+    assert all(10 <= n <= c for n, c in zip(ns, caps))
+    assert max(ns[:100]) <= 16 + (64 - 16) * 100 // ramp and max(ns[ramp:]) > 50
+    assert cp.largest_n(5, 10, 64) == 64  # no ramp: uniform from the start
+    # the same global stream on one rank or two, and the loader state carries the ramp
+    one = cp.CopyPasteLoader(min_n=10, max_n=64, seed=3, sample_bytes=200, micro_batch_size=2,
+                             curriculum_samples=ramp, curriculum_start_n=16)  # fmt: skip
+    r1 = cp.CopyPasteLoader(min_n=10, max_n=64, seed=3, sample_bytes=200, micro_batch_size=1, rank=1,
+                            world_size=2, curriculum_samples=ramp, curriculum_start_n=16)  # fmt: skip
+    assert torch.equal(next(one)["input_ids"][1], next(r1)["input_ids"][0])
+    with pytest.raises(ValueError, match="curriculum_samples"):
+        _loader(seed=3).load_state_dict(one.state_dict())
+
+
+def test_curriculum_settings_are_validated() -> None:
+    from pmnet.config import ConfigError
+
+    with pytest.raises(ConfigError, match="curriculum_start_n=5000"):
+        load_config(REPO_CONFIGS / "copy_paste_30m.yaml", ["data.copy_paste.curriculum_start_n=5000"])
+
+
 def test_build_from_recipe_reads_rank_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = load_config(REPO_CONFIGS / "copy_paste_30m.yaml")
     monkeypatch.setenv("RANK", "1")
