@@ -22,6 +22,10 @@
 #              Calling again resumes each run; the lr schedule always spans STEPS.
 #   STOP_AT    stop each run after this optimizer step this call (train.stop_at_step), same idea.
 #   SAMPLES    copy-paste samples per N bucket (default 64); EDGES bucket edges (tool default).
+#   MERGE      copy_paste.csv files of runs evaluated elsewhere, merged into this table and plot
+#              (tools/eval_copy_paste.py --merge). On a lent GPU whose disk is gone after each call
+#              (checkpoints of the 30M runs, ~400 MB, cannot travel back), train and evaluate one
+#              variant per call (VARIANTS=pmnet, then VARIANTS=nomem) and merge the two CSVs after.
 #   PMNET_PYTHON  the Python (default: .venv/bin/python if present, else python).
 # On a machine without a GPU add: model.attn_backend=sdpa train.precision=fp32 train.device=cpu.
 set -euo pipefail
@@ -90,6 +94,8 @@ if [[ " $PHASES " == *" eval "* ]]; then
     [[ ${#CKPTS[@]} -gt 0 ]] || { echo "error: no trained run under $RUN_ROOT" >&2; exit 1; }
     EXTRA=()
     [[ -n "${EDGES:-}" ]] && EXTRA+=(--edges "$EDGES")
+    # shellcheck disable=SC2206
+    [[ -n "${MERGE:-}" ]] && EXTRA+=(--merge $MERGE)
     cmd=("$PY" tools/eval_copy_paste.py "${CKPTS[@]}" --labels "${LABELS[@]}" --samples "$SAMPLES" --out "$OUT" "${EXTRA[@]}")
     COMMANDS+=("${cmd[*]}")
     echo "== evaluate: ${cmd[*]}"

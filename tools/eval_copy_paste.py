@@ -24,7 +24,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="eval_copy_paste.py", description="Copy-paste exact-match and per-byte accuracy by N."
     )
-    p.add_argument("ckpts", metavar="CKPT", nargs="+", help="interchange directories (or run directories)")
+    p.add_argument("ckpts", metavar="CKPT", nargs="*", help="interchange directories (or run directories)")
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        default=[],
+        metavar="CSV",
+        help="also include the models of earlier copy_paste.csv files (e.g. runs evaluated on other machines)",
+    )
+    p.add_argument(
+        "--receptive-field",
+        type=int,
+        default=None,
+        help="attention's reach in bytes for the plot's marker (default: from the checkpoints)",
+    )
     p.add_argument(
         "--labels", nargs="+", default=None, help="one name per CKPT for table and plot (default: directory names)"
     )
@@ -56,11 +69,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pmnet.eval.plotting import plot_copy_paste
 
     edges = cp.parse_edges(args.edges)
+    if not args.ckpts and not args.merge:
+        raise EvalError("give at least one CKPT or --merge CSV")
+    merged: list[cp.BucketResult] = []
+    for path in args.merge:
+        if not Path(path).is_file():
+            raise EvalError(f"--merge: {path} is not a file")
+        try:
+            merged += cp.read_csv(path)
+        except (ValueError, OSError) as err:
+            raise EvalError(str(err)) from None
     labels = args.labels or [Path(c).name or str(c) for c in args.ckpts]
     if len(labels) != len(args.ckpts):
         raise EvalError(f"--labels: got {len(labels)} names for {len(args.ckpts)} checkpoints")
     if len(set(labels)) != len(labels):
         raise EvalError(f"--labels must be distinct, got {labels}")
+    clash = sorted({r.label for r in merged} & set(labels))
+    if clash:
+        raise EvalError(f"--merge: model name(s) {clash} appear in a CSV and among the checkpoints")
     device = pick_device(args.device)
     results: list[cp.BucketResult] = []
     receptive_fields = set()
@@ -81,6 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         results += res
         del model
+    results = merged + results
+    labels = list(dict.fromkeys(r.label for r in results))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = out / args.name
@@ -89,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for label in labels:
         rs = [r for r in results if r.label == label]
         series.append((label, [r.hi for r in rs], [r.exact_match for r in rs], [r.byte_accuracy for r in rs]))
-    rf = receptive_fields.pop() if len(receptive_fields) == 1 else None
+    rf = args.receptive_field or (receptive_fields.pop() if len(receptive_fields) == 1 else None)
     plot_copy_paste(f"{stem}.png", series, receptive_field=rf)
     header, rows = cp.table_rows(results)
     text = format_table(header, rows)

@@ -29,6 +29,7 @@ __all__ = [
     "evaluate_copy_paste",
     "parse_edges",
     "score_predictions",
+    "read_csv",
     "table_rows",
     "write_csv",
 ]
@@ -130,13 +131,52 @@ def evaluate_copy_paste(
     return out
 
 
+CSV_COLUMNS = [
+    "model",
+    "n_lo",
+    "n_hi",
+    "samples",
+    "exact_match",
+    "byte_accuracy",
+    "exact",
+    "correct_bytes",
+    "total_bytes",
+]
+
+
 def write_csv(path: str | Path, results: Sequence[BucketResult]) -> None:
-    """One row per (model, bucket): label, n_lo, n_hi, samples, exact_match, byte_accuracy."""
+    """One row per (model, bucket): label, n_lo, n_hi, samples, exact_match, byte_accuracy and the counts."""
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["model", "n_lo", "n_hi", "samples", "exact_match", "byte_accuracy"])
+        w.writerow(CSV_COLUMNS)
         for r in results:
-            w.writerow([r.label, r.lo, r.hi, r.samples, f"{r.exact_match:.4f}", f"{r.byte_accuracy:.4f}"])
+            w.writerow([r.label, r.lo, r.hi, r.samples, f"{r.exact_match:.4f}", f"{r.byte_accuracy:.4f}",
+                        r.exact, r.correct_bytes, r.total_bytes])  # fmt: skip
+
+
+def read_csv(path: str | Path) -> list[BucketResult]:
+    """The results a ``write_csv`` file holds (to merge models evaluated in separate runs).
+
+    Files from before the count columns give counts rebuilt from the rounded shares.
+    Raises ValueError naming the file on a malformed one.
+    """
+    out = []
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for i, row in enumerate(rows, start=2):
+        try:
+            samples = int(row["samples"])
+            if row.get("exact") not in (None, ""):
+                exact, correct, total = int(row["exact"]), int(row["correct_bytes"]), int(row["total_bytes"])
+            else:
+                exact = round(float(row["exact_match"]) * samples)
+                correct, total = round(float(row["byte_accuracy"]) * 10**6), 10**6
+            out.append(BucketResult(row["model"], int(row["n_lo"]), int(row["n_hi"]), samples, exact, correct, total))
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{path}: line {i} is not a copy-paste result row ({type(err).__name__}: {err})") from None
+    if not out:
+        raise ValueError(f"{path}: no copy-paste result rows")
+    return out
 
 
 def table_rows(results: Sequence[BucketResult]) -> tuple[list[str], list[list[str]]]:
@@ -149,7 +189,7 @@ def table_rows(results: Sequence[BucketResult]) -> tuple[list[str], list[list[st
     for lo, hi in buckets:
         cells = [f"({lo}, {hi}]"]
         for lab in labels:
-            r = by[(lab, lo, hi)]
-            cells.append(f"{100 * r.exact_match:5.1f} / {100 * r.byte_accuracy:5.1f}")
+            r = by.get((lab, lo, hi))  # merged results may bucket N differently
+            cells.append(f"{100 * r.exact_match:5.1f} / {100 * r.byte_accuracy:5.1f}" if r else "-")
         rows.append(cells)
     return header, rows

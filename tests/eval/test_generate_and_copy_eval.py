@@ -65,3 +65,25 @@ def test_eval_copy_paste_two_models(tiny_ckpt: Path, tiny_ckpt_nomem: Path, tmp_
     assert (tmp_path / "copy_paste.md").read_text().startswith("|")
     bad = run_tool("eval_copy_paste.py", tiny_ckpt, "--labels", "a", "b")
     assert bad.returncode == 1 and "--labels" in bad.stderr and "Traceback" not in bad.stderr
+
+    # models evaluated in separate runs (e.g. one GPU call each) merge into one table and plot
+    header = (tmp_path / "copy_paste.csv").read_text().splitlines()[0]
+    parts = []
+    for model in ("pmnet", "no-memory"):
+        part = tmp_path / f"{model}.csv"
+        part.write_text("\n".join([header] + [",".join(r.values()) for r in rows if r["model"] == model]) + "\n")
+        parts.append(part)
+    merged = run_tool("eval_copy_paste.py", "--merge", *parts, "--receptive-field", "64", "--out", tmp_path / "m")
+    assert merged.returncode == 0, merged.stderr
+    with open(tmp_path / "m" / "copy_paste.csv") as fh:
+        assert list(csv.DictReader(fh)) == rows
+    assert (tmp_path / "m" / "copy_paste.md").read_text().splitlines()[:5] == (
+        tmp_path / "copy_paste.md"
+    ).read_text().splitlines()[:5]
+    assert (tmp_path / "m" / "copy_paste.png").read_bytes()[:4] == b"\x89PNG"
+    (tmp_path / "bad.csv").write_text("model,n_lo\npmnet,zero\n")
+    bad = run_tool("eval_copy_paste.py", "--merge", tmp_path / "bad.csv", "--out", tmp_path / "b")
+    assert bad.returncode == 1 and "bad.csv" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "b").exists()
+    clash = run_tool("eval_copy_paste.py", tiny_ckpt, "--labels", "pmnet", "--merge", parts[0], "--out", tmp_path / "c")
+    assert clash.returncode == 1 and "pmnet" in clash.stderr
