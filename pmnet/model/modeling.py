@@ -224,6 +224,11 @@ class PMNetForCausalLM(nn.Module):
         Defaults to ``fullgraph=True``: the fast path has static shapes only, so a graph
         break is a bug, not a slowdown to live with.
         """
+        from pmnet.model.compiled import _raise_recompile_limit
+
+        # every layer shares one code object: write / read-only layers, each level's shapes,
+        # training and no-grad eval are separate entries, more than dynamo's default of 8
+        _raise_recompile_limit(64)
         compile_kwargs.setdefault("fullgraph", True)
         for layer in self.model.layers:
             layer.compile(**compile_kwargs)

@@ -215,3 +215,28 @@ def test_compile_fast_path_gpu_matches_reference(dtype: torch.dtype) -> None:
         assert (la.exp() * (la - lb)).sum(-1).mean() < 1e-2  # KL(fp32 reference || bf16), nats/byte
         loss, ref_loss = (lm_loss(x.float()[:, :-1], ids[:, 1:]) for x in (logits, ref_logits))
         assert abs(loss - ref_loss) < 0.01 * ref_loss
+
+
+def test_compile_layers_survives_many_layer_variants_cpu() -> None:
+    # all decoder layers share one code object; write / read-only layers x levels x eval / train
+    # x two models exceeded dynamo's default of 8 entries (H200, test_model_gpu, run 5)
+    import dataclasses
+
+    import torch._dynamo as dynamo
+
+    name = "recompile_limit" if hasattr(dynamo.config, "recompile_limit") else "cache_size_limit"
+    saved = getattr(dynamo.config, name)
+    setattr(dynamo.config, name, 8)
+    try:
+        for backend in ("eager", "sdpa"):
+            model = build(dataclasses.replace(three_level_cfg(), attn_backend=backend), sharpen=4.0).eval()
+            ids = random_ids(2, 256)
+            model.compile_layers(backend="eager")  # dynamo's guards and recompiles, no inductor
+            with torch.no_grad():
+                model(ids)
+            model.train()
+            logits, _ = model(ids)
+            lm_loss(logits[:, :-1], ids[:, 1:]).backward()
+    finally:
+        torch._dynamo.reset()
+        setattr(dynamo.config, name, saved)
