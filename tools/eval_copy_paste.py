@@ -121,7 +121,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     plot_copy_paste(f"{stem}.png", series, receptive_field=rf)
     header, rows = cp.table_rows(results)
     text = format_table(header, rows)
-    note = f"{args.samples} samples per bucket, seed {args.seed}; exact = all N bytes right under greedy decoding"
+    counts = sorted({r.samples for r in results})
+    per_bucket = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+    source = f"seed {args.seed}" if args.ckpts else "merged from " + ", ".join(Path(m).name for m in args.merge)
+    note = f"{per_bucket} samples per bucket, {source}; exact = all N bytes right under greedy decoding"
     if rf:
         note += f"; attention alone reaches {rf} bytes (N <= {rf // 2})"
     Path(f"{stem}.md").write_text(text + "\n\n" + note + "\n", encoding="utf-8")

@@ -114,8 +114,12 @@ def test_curriculum_ramps_the_largest_n_by_global_index() -> None:
 def test_curriculum_settings_are_validated() -> None:
     from pmnet.config import ConfigError
 
-    with pytest.raises(ConfigError, match="curriculum_start_n=5000"):
-        load_config(REPO_CONFIGS / "copy_paste_30m.yaml", ["data.copy_paste.curriculum_start_n=5000"])
+    with pytest.raises(ConfigError, match="curriculum_samples=-1"):
+        load_config(REPO_CONFIGS / "copy_paste_30m.yaml", ["data.copy_paste.curriculum_samples=-1"])
+    # a start above a lowered max_n is clamped (a quick run with max_n=16 keeps the recipe's 32)
+    cfg = load_config(REPO_CONFIGS / "copy_paste_30m.yaml", ["data.copy_paste.max_n=16", "data.sample_bytes=65"])
+    loader = cp.build_copy_paste_dataloader(cfg.data, micro_batch_size=2)
+    assert cp.largest_n(0, 10, 16, loader.curriculum_samples, loader.curriculum_start_n) == 16
 
 
 def test_build_from_recipe_reads_rank_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
