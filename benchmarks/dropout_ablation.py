@@ -23,9 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.small_train import load_text, train_losses
 from pmnet.model import PMNetConfig, PMNetForCausalLM, lm_loss
-
-TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "web" / "fineweb_edu_sample10BT_head_1MB.txt"
 
 
 def run(dropout: float, seed: int, steps: int, seq: int, batch: int, data: torch.Tensor, val: torch.Tensor) -> dict:
@@ -33,24 +32,13 @@ def run(dropout: float, seed: int, steps: int, seq: int, batch: int, data: torch
     cfg = PMNetConfig.from_preset("tiny", attention_dropout=dropout, attn_backend="sdpa", sliding_window=64)
     torch.manual_seed(seed)
     model = PMNetForCausalLM(cfg).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.95), weight_decay=0.1)
-    gen = torch.Generator().manual_seed(1234)  # the same batches for both dropout values
-    curve = []
     t0 = time.time()
-    for step in range(steps):
-        lr = 3e-3 * min(1.0, (step + 1) / 20) * (0.55 + 0.45 * math.cos(math.pi * step / steps))
-        for g in opt.param_groups:
-            g["lr"] = lr
-        starts = torch.randint(0, data.numel() - seq - 1, (batch,), generator=gen)
-        ids = torch.stack([data[s : s + seq + 1] for s in starts.tolist()])
-        logits, _ = model(ids[:, :-1])
-        loss = lm_loss(logits, ids[:, 1:])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        if step % 10 == 9:
-            curve.append(round(loss.item() / math.log(2), 4))
+    # the same batches for both dropout values (small_train seeds its batch generator)
+    losses = train_losses(
+        model, data, steps, seq, batch,
+        lambda step: 3e-3 * min(1.0, (step + 1) / 20) * (0.55 + 0.45 * math.cos(math.pi * step / steps)),
+    )  # fmt: skip
+    curve = [round(loss / math.log(2), 4) for loss in losses[9::10]]
     model.eval()
     with torch.no_grad():
         n = (val.numel() - 1) // seq
@@ -71,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
-    raw = torch.tensor(list(TEXT.read_bytes()), dtype=torch.int64)
+    raw = load_text()
     cut = int(raw.numel() * 0.9)
     rows = []
     for seed in args.seeds:

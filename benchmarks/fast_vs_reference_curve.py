@@ -23,9 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pmnet.model import PMNetConfig, PMNetForCausalLM, lm_loss
-
-TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "web" / "fineweb_edu_sample10BT_head_1MB.txt"
+from benchmarks.small_train import load_text, train_losses
+from pmnet.model import PMNetConfig, PMNetForCausalLM
 
 
 def curve(impl: str, steps: int, seq: int, batch: int, dtype: torch.dtype, data: torch.Tensor) -> list[float]:
@@ -33,22 +32,7 @@ def curve(impl: str, steps: int, seq: int, batch: int, dtype: torch.dtype, data:
     cfg = PMNetConfig.from_preset("tiny", memory_impl=impl, attn_backend="sdpa")
     torch.manual_seed(0)
     model = PMNetForCausalLM(cfg).to(dtype).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.95), weight_decay=0.1)
-    gen = torch.Generator().manual_seed(1234)
-    out = []
-    for step in range(steps):
-        for g in opt.param_groups:
-            g["lr"] = 3e-3 * min(1.0, (step + 1) / 20)
-        starts = torch.randint(0, data.numel() - seq - 1, (batch,), generator=gen)
-        ids = torch.stack([data[s : s + seq + 1] for s in starts.tolist()])
-        logits, _ = model(ids[:, :-1])
-        loss = lm_loss(logits, ids[:, 1:])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        out.append(loss.item())
-    return out
+    return train_losses(model, data, steps, seq, batch, lambda step: 3e-3 * min(1.0, (step + 1) / 20))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    data = torch.tensor(list(TEXT.read_bytes()), dtype=torch.int64)
+    data = load_text()
     result = {"args": {k: str(v) for k, v in vars(args).items()}}
     for impl in ("fast", "reference"):
         t0 = time.time()
