@@ -4,22 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tests.ports import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
 WORKER = Path(__file__).with_name("ds_worker.py")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def run_ranks(cmd: list[str], world: int, log_of: Callable[[int], Path], timeout: float) -> list[int | str]:

@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +27,7 @@ from data_pipeline.verify import verify_shards
 from pmnet.config import DataConfig, StreamConfig
 from tests.data.helpers import REPO, run_tool
 from tests.data.loader_worker import read_run, sample_key
+from tests.ports import free_port
 
 S = 1025  # sample bytes of the test datasets
 
@@ -59,12 +59,6 @@ def data_cfg(out: Path, **kw: Any) -> dict[str, Any]:
     cfg = {"streams": [{"local": str(out), "split": "train"}], "sample_bytes": S, "num_workers": 2}
     cfg.update(kw)
     return cfg
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_ranks(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,12 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.eval.conftest import REPO, run_tool
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.ports import free_port
 
 
 @pytest.mark.slow
@@ -36,7 +30,7 @@ def test_copy_paste_recipe_trains_and_evaluates(tmp_path: Path) -> None:
     env = {**os.environ, "PMNET_PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         ["bash", "launchers/pretrain.sh", "configs/copy_paste_30m.yaml", *overrides,
-         "--cpu-ranks", "1", "--master-port", str(_free_port())],
+         "--cpu-ranks", "1", "--master-port", str(free_port())],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]

@@ -9,13 +9,14 @@ pytest process keeps no process group.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -49,12 +50,6 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_zero3_build_init_and_step(tmp_path: Path) -> None:
     pytest.importorskip("deepspeed")
@@ -64,7 +59,7 @@ def test_zero3_build_init_and_step(tmp_path: Path) -> None:
         "WORLD_SIZE": "1",
         "LOCAL_RANK": "0",
         "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(_free_port()),
+        "MASTER_PORT": str(free_port()),
         "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"),
         "PYTHONPATH": str(REPO),
     }
