@@ -10,7 +10,8 @@ Math is MODEL.md sections 3-4, unchanged; two rewrites make it cheap:
 * Scores never materialise [B, T, R, N, M]: eager, through
   ``sum_j cos(q_j - k_j) = cos q . cos k + sin q . sin k`` as matmuls
   (``phasor_fast.phase_scores``); compiled, as one fused reduction of ``cos(q - k)`` that reads
-  the key projection once (fewest transcendentals; see ``phase_scores_fused``).
+  the key projection once (fewest transcendentals; see ``phase_scores_fused``); for bf16 keys
+  on the GPU, one Triton kernel per direction with tanh folded in (``triton_scores``).
 * The read's value half is linear: ``sum_n a_rn (Wv_r f_n + bv_r) = Wv_r (sum_n a_rn f_n) + bv_r``
   (the softmax sums to 1), so the value projection runs once per head on the
   attention-weighted features ``g_r = sum_n a_rn f_n`` instead of on every slot: the read
@@ -39,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pmnet.model import triton_scores
 from pmnet.model.scan import blocked_segmented_prefix_sum
 
 _STATE = {"compile": False}
@@ -83,6 +85,19 @@ def phase_scores_fused(q: Tensor, key: Tensor) -> Tensor:
     return phase_scores(q, key)
 
 
+def tanh_key_scores(q: Tensor, k_pre: Tensor, heads: int) -> Tensor:
+    """``sum_j cos(q_r,j - pi tanh(k_pre_n,rM+j))``: q [..., R, M] fp32, k_pre [..., N, R*M] -> [..., R, N].
+
+    bf16 / fp16 keys on the GPU: one Triton kernel each way (``triton_scores``); otherwise the
+    key is squashed in fp32 and scored by :func:`phase_scores_fused`.
+    """
+    if triton_scores.available(k_pre):
+        return triton_scores.fused_scores(q.flatten(-2), k_pre, heads)
+    *lead, n, rm = k_pre.shape
+    key = (math.pi * torch.tanh(k_pre.float())).view(*lead, n, heads, rm // heads).transpose(-3, -2)
+    return phase_scores_fused(q, key)  # [..., R, N]
+
+
 def weighted_features(a: Tensor, feats: Tensor) -> Tensor:
     """``g_r = sum_n a_rn f_n``: a [B, T, R, N] fp32, feats [B, T, N, 2M] -> [B, T, R, 2M] fp32.
 
@@ -114,9 +129,8 @@ def read_core(
     x = rms_norm(h, norm_w, eps)
     q = (math.pi * torch.tanh(F.linear(x, wq, bq).float())).view(b, t, r, m)  # [B, T, R, M]
     feats = phase_features(phi, wkv.dtype)  # [B, T, N, 2M]
-    k_pre = F.linear(feats, wkv[:rm], bkv[:rm])  # [B, T, N, RM]: key half only
-    key = (math.pi * torch.tanh(k_pre.float())).view(b, t, n, r, m).transpose(2, 3)  # [B, T, R, N, M]
-    a = torch.softmax(phase_scores_fused(q, key) / math.sqrt(m), dim=-1)  # [B, T, R, N]
+    k_pre = F.linear(feats, wkv[:rm], bkv[:rm])  # [B, T, N, RM]: key half only, before pi tanh
+    a = torch.softmax(tanh_key_scores(q, k_pre, r) / math.sqrt(m), dim=-1)  # [B, T, R, N]
     g = weighted_features(a, feats)  # [B, T, R, 2M]: attention-weighted features per head
     if fold_value_out(wo.shape[0], m):
         w_eff, b_eff = value_out_weights(wkv, bkv, wo, bo, r)
@@ -170,8 +184,8 @@ def write_core(
     x = rms_norm(h, norm_w, eps)
     q = math.pi * torch.tanh(F.linear(x, wq, bq).float())  # [B, T, M]
     theta = math.pi * torch.tanh(F.linear(F.linear(x, wv, bv), wo, bo).float())  # [B, T, M]
-    key = math.pi * torch.tanh(F.linear(phase_features(phi, wk.dtype), wk, bk).float())  # [B, T, N, M]
-    s = torch.softmax(phase_scores_fused(q, key) / math.sqrt(m), dim=-1)  # [B, T, N]
+    k_pre = F.linear(phase_features(phi, wk.dtype), wk, bk)  # [B, T, N, M], before pi tanh
+    s = torch.softmax(tanh_key_scores(q.unsqueeze(-2), k_pre, 1).squeeze(-2) / math.sqrt(m), dim=-1)  # [B, T, N]
     return s, s[..., None] * theta[:, :, None, :]
 
 

@@ -1,0 +1,86 @@
+"""The fused Triton phase-score kernels (``pmnet/model/triton_scores.py``) against plain torch.
+
+CPU: the kernels run in Triton's interpreter (accurate-math mode) in a subprocess, since
+``TRITON_INTERPRET`` is read when the kernels are defined. GPU: the approximate-math mode the
+fast path uses on bf16 keys, and the compiled read / write with and without the kernel.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.conftest import REPO
+
+triton = pytest.importorskip("triton")
+
+
+def test_interpreted_kernels_match_torch_values_and_grads() -> None:
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.model.triton_scores_check"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    worst = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert worst["value"] < 1e-5 and worst["dq"] < 1e-5 and worst["dk"] < 1e-5, worst
+
+
+def test_kernel_is_off_where_it_does_not_apply() -> None:
+    from pmnet.model import triton_scores as ts
+
+    assert not ts.available(torch.zeros(2, 4, 8, dtype=torch.bfloat16))  # CPU
+    assert not ts.available(torch.zeros(2, 4, 8))  # fp32 keys keep accurate inductor math
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", [(4099, 4, 4, 512), (1000, 4, 1, 128), (333, 4, 4, 32)])
+def test_fast_kernel_close_to_fp64(shape: tuple[int, int, int, int]) -> None:
+    from pmnet.model import triton_scores as ts
+
+    p, n, r, m = shape
+    torch.manual_seed(0)
+    dev = torch.device("cuda")
+    q = (torch.pi * torch.tanh(torch.randn(p, r * m, device=dev))).requires_grad_()
+    k = (torch.randn(p, n, r * m, device=dev) * 1.5).to(torch.bfloat16).requires_grad_()
+    out = ts.fused_scores(q, k, r)
+    ref = ts.scores_reference(q.double(), k.double(), r)
+    g = torch.randn_like(out)
+    dq, dk = torch.autograd.grad(out, (q, k), g)
+    rq, rk = torch.autograd.grad(ref, (q, k), g.double())
+    # scores are sums of M cosines: approximate tanh / cos errors of ~1e-4 per term stay far
+    # below the 1/sqrt(M) softmax temperature's resolution
+    assert (out.double() - ref).abs().max() < 2e-3 * m**0.5
+    assert (dq.double() - rq).abs().max() < 1e-2 * (1 + rq.abs().max())
+    assert dk.dtype == torch.bfloat16
+    assert (dk.double() - rk).abs().max() < 2e-2 * (1 + rk.abs().max())  # bf16 output rounding
+
+
+@pytest.mark.gpu
+def test_compiled_read_and_write_same_with_and_without_kernel() -> None:
+    from pmnet.model import fused, triton_scores
+    from tests.model.model_helpers import build, random_ids, tiny_cfg
+
+    model = build(tiny_cfg(attn_backend="flex"), sharpen=2.0).cuda().to(torch.bfloat16)
+    ids = random_ids(2, 256).cuda()
+    losses = []
+    for enabled in (False, True):
+        triton_scores.set_enabled(enabled)
+        try:
+            fused.set_compiled(True)
+            logits, _ = model(ids)
+            loss = torch.nn.functional.cross_entropy(logits[:, :-1].float().flatten(0, 1), ids[:, 1:].flatten())
+            grads = torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad])
+            losses.append((loss.item(), torch.cat([g.float().flatten() for g in grads])))
+        finally:
+            fused.set_compiled(False)
+            triton_scores.set_enabled(True)
+    (l0, g0), (l1, g1) = losses
+    assert abs(l0 - l1) < 1e-2 * abs(l0)
+    cos = torch.nn.functional.cosine_similarity(g0, g1, dim=0)
+    assert cos > 0.99, float(cos)
