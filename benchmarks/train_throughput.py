@@ -10,7 +10,8 @@ optimizer. Bytes are synthetic random bytes (speed does not depend on the text).
     python benchmarks/train_throughput.py --config configs/pmnet_119m.yaml \
         --variants fast:eager:4,fast:modules:8,reference:eager:1:1024 --long-context --json out.json
 
-A variant is ``impl:compile:micro[:seq[:ckpt]]``: impl fast|reference, compile
+A variant is ``impl:compile:micro[:seq[:ckpt]]``: impl fast|fast-inductor|reference
+(``fast-inductor``: the fast path with the Triton phase-score kernel switched off, for A/B), compile
 eager|modules|layers (``pmnet.model.compiled.compile_fast_path``), ckpt 0|1 (activation
 checkpointing per layer). MFU = bytes/s x FLOPs/byte / peak, where the peak is the bf16
 matmul rate measured in the same process (8192^3, median of CUDA-event-timed repeats), and
@@ -116,11 +117,14 @@ def _sync() -> None:
 def time_training(config: str, variant: str, steps: int, warmup: int, peak: float, extra: list[str]) -> dict:
     """One variant through the DeepSpeed engine: median step time, bytes/s, MFU, peak memory."""
     from pmnet.config import load_config
+    from pmnet.model import triton_scores
     from pmnet.train.distributed import setup_distributed
     from pmnet.train.engine import build_engine, build_model, deepspeed_config
 
     parts = variant.split(":")
     impl, mode, micro = parts[0], parts[1], int(parts[2])
+    triton_scores.set_enabled(impl != "fast-inductor")
+    impl = impl.removesuffix("-inductor")
     seq = int(parts[3]) if len(parts) > 3 else 8192
     ckpt = len(parts) > 4 and parts[4] == "1"
     overrides = [
@@ -178,6 +182,7 @@ def time_training(config: str, variant: str, steps: int, warmup: int, peak: floa
     }  # fmt: skip
     del engine, model, logits, loss
     _free()
+    triton_scores.set_enabled(True)
     return row
 
 

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# One lent-GPU call for issue 8, in one of two parts (each fits one 600-s call; run "train"
+# then "launch" back to back so the second finds the machine warm with its inductor cache).
+#   train:  GPU tests of the fast path (Triton score kernel, flex, compiled layers), then
+#           benchmarks/train_throughput.py A/B: Triton score kernel on vs off (fast-inductor),
+#           compiled modules vs whole layers, micro 8, plus a profile of the bare step.
+#   launch: the real 119M config through launchers/pretrain.sh (global 64 = 8 x micro 8) on
+#           TEXT_DIR sharded into 8,193-byte samples, then long-context eval speed / BPB.
+# Usage (GPU machine, wheels of ../shared/gpu/README.md on PYTHONPATH):
+#   bash benchmarks/h200_throughput_call.sh OUT train|launch [TEXT_DIR] [STEPS]
+set -uo pipefail
+OUT="${1:?usage: h200_throughput_call.sh OUT train|launch [TEXT_DIR] [STEPS]}"
+PART="${2:?train or launch}"
+TEXT="${3:-data_pipeline/samples}"
+STEPS="${4:-40}"
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+PY="${PMNET_PYTHON:-python3}"
+export PMNET_PYTHON="$PY" PYTHONUNBUFFERED=1
+mkdir -p "$OUT"
+START=$(date +%s)
+stamp() { echo "== $1 ($(( $(date +%s) - START )) s)"; }
+
+if [ "$PART" = train ]; then
+    stamp "GPU tests"
+    timeout 200 "$PY" -m pytest -q -rA --tb=short -p no:cacheprovider \
+        tests/model/test_triton_scores.py tests/model/test_model_gpu.py > "$OUT/gpu_tests.txt" 2>&1
+    grep -E "passed|failed|PASSED|FAILED|ERROR" "$OUT/gpu_tests.txt" | tail -25
+    stamp "train_throughput"
+    timeout 330 "$PY" benchmarks/train_throughput.py --config configs/pmnet_119m.yaml \
+        --variants fast:modules:8,fast-inductor:modules:8,fast:layers:8 --profile modules:8 \
+        --out-dir "$OUT" --json "$OUT/train_throughput.json" --budget-s 270 > "$OUT/train_throughput_log.txt" 2>&1
+    grep -v -i -E "warn|^\s*$" "$OUT/train_throughput_log.txt" | tail -12
+    head -12 "$OUT/profile_modules.txt" 2>/dev/null
+elif [ "$PART" = launch ]; then
+    stamp "shard $TEXT"
+    rm -rf /tmp/pmd /tmp/runs
+    "$PY" tools/shard_dataset.py --input "$TEXT" --output /tmp/pmd --sample-bytes 8193 --val-fraction 0.02 \
+        --no-progress 2>&1 | tail -2
+    stamp "119M through launchers/pretrain.sh, $STEPS steps of 64 x 8192 bytes"
+    timeout --preserve-status -s TERM -k 30 330 bash launchers/pretrain.sh configs/pmnet_119m.yaml \
+        'data.streams=[{local: /tmp/pmd, split: train}]' 'data.val_streams=[]' \
+        train.max_steps="$STEPS" optim.warmup_steps=10 eval.interval=0 checkpoint.interval=100000 \
+        checkpoint.save_at_end=false logging.console_interval=5 logging.log_interval=1 \
+        train.run_root=/tmp/runs train.run_name=p119 > "$OUT/launcher_119m.log" 2>&1
+    echo "exit $?"
+    grep -E "step +[0-9]+|bytes/s" "$OUT/launcher_119m.log" | grep -v -i warn | tail -10
+    stamp "long-context"
+    if [ -d .bench_books ]; then
+        timeout 150 "$PY" benchmarks/train_throughput.py --config configs/pmnet_119m.yaml --variants , \
+            --long-context --books .bench_books --out-dir "$OUT" --json "$OUT/long_context.json" \
+            > "$OUT/long_context_log.txt" 2>&1
+        grep -E "^eval|ERROR" "$OUT/long_context_log.txt" | tail -6
+    fi
+else
+    echo "unknown part $PART"; exit 2
+fi
+stamp done
