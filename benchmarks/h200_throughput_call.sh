@@ -22,16 +22,20 @@ START=$(date +%s)
 stamp() { echo "== $1 ($(( $(date +%s) - START )) s)"; }
 
 if [ "$PART" = train ]; then
-    stamp "GPU tests"
-    timeout 200 "$PY" -m pytest -q -rA --tb=short -p no:cacheprovider \
-        tests/model/test_triton_scores.py tests/model/test_model_gpu.py > "$OUT/gpu_tests.txt" 2>&1
-    grep -E "passed|failed|PASSED|FAILED|ERROR" "$OUT/gpu_tests.txt" | tail -25
+    stamp "GPU tests of the score kernel"
+    timeout 150 "$PY" -m pytest -v -rA --tb=short -p no:cacheprovider tests/model/test_triton_scores.py \
+        > "$OUT/gpu_tests_kernel.txt" 2>&1
+    grep -E "PASSED|FAILED|ERROR|passed|failed" "$OUT/gpu_tests_kernel.txt" | tail -12
     stamp "train_throughput"
     timeout 330 "$PY" benchmarks/train_throughput.py --config configs/pmnet_119m.yaml \
-        --variants fast:modules:8,fast-inductor:modules:8,fast:layers:8 --profile modules:8 \
-        --out-dir "$OUT" --json "$OUT/train_throughput.json" --budget-s 270 > "$OUT/train_throughput_log.txt" 2>&1
+        --variants ${VARIANTS:-fast:modules:8,fast-inductor:modules:8} --profile modules:8 \
+        --out-dir "$OUT" --json "$OUT/train_throughput.json" --budget-s 240 > "$OUT/train_throughput_log.txt" 2>&1
     grep -v -i -E "warn|^\s*$" "$OUT/train_throughput_log.txt" | tail -12
     head -12 "$OUT/profile_modules.txt" 2>/dev/null
+    stamp "GPU tests of the model (flex, streaming, compiled layers)"
+    timeout "${MODEL_TESTS_S:-150}" "$PY" -m pytest -v -rA --tb=short -p no:cacheprovider tests/model/test_model_gpu.py \
+        > "$OUT/gpu_tests_model.txt" 2>&1
+    grep -E "PASSED|FAILED|ERROR|passed|failed" "$OUT/gpu_tests_model.txt" | tail -15
 elif [ "$PART" = launch ]; then
     stamp "shard $TEXT"
     rm -rf /tmp/pmd /tmp/runs

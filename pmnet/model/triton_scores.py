@@ -39,6 +39,7 @@ except ImportError:  # pragma: no cover - exercised only on installs without tri
     triton = None
 
 PI = math.pi
+PI_K = tl.constexpr(math.pi) if triton is not None else PI  # kernels may read only constexpr globals
 ENV_SWITCH = "PMNET_TRITON_SCORES"
 "Set to 0 to fall back to the inductor-compiled scores (A/B benchmarks); see also :func:`set_enabled`."
 _STATE = {"enabled": os.environ.get(ENV_SWITCH, "1") != "0"}
@@ -111,7 +112,7 @@ if triton is not None:
             for n in tl.static_range(N):
                 k_off = rows[:, None] * (N * R * M) + n * (R * M) + r * M + c[None, :]
                 k = tl.load(k_ptr + k_off, mask=mask, other=0.0).to(tl.float32)
-                part = tl.sum(tl.where(mask, _cos(q - PI * _tanh(k, FAST), FAST), 0.0), axis=1)  # [BP]
+                part = tl.sum(tl.where(mask, _cos(q - PI_K * _tanh(k, FAST), FAST), 0.0), axis=1)  # [BP]
                 acc += tl.where(ncols[None, :] == n, part[:, None], 0.0)
         s_off = rows[:, None] * (R * N) + r * N + ncols[None, :]
         tl.store(s_ptr + s_off, acc, mask=rmask[:, None] & (ncols[None, :] < N))
@@ -137,9 +138,9 @@ if triton is not None:
                 k_off = rows[:, None] * (N * R * M) + n * (R * M) + r * M + c[None, :]
                 k = tl.load(k_ptr + k_off, mask=mask, other=0.0).to(tl.float32)
                 t = _tanh(k, FAST)
-                gs = g[:, None] * _sin(q - PI * t, FAST)  # d cos(q - key) / d key = sin(q - key)
+                gs = g[:, None] * _sin(q - PI_K * t, FAST)  # d cos(q - key) / d key = sin(q - key)
                 dq -= gs
-                tl.store(dk_ptr + k_off, (gs * (PI * (1.0 - t * t))).to(dk_ptr.dtype.element_ty), mask=mask)
+                tl.store(dk_ptr + k_off, (gs * (PI_K * (1.0 - t * t))).to(dk_ptr.dtype.element_ty), mask=mask)
             tl.store(dq_ptr + q_off, dq, mask=mask)
 
 
