@@ -4,12 +4,13 @@
 #   train:  GPU tests of the fast path (Triton score kernel, flex, compiled layers), then
 #           benchmarks/train_throughput.py A/B: Triton score kernel on vs off (fast-inductor),
 #           compiled modules vs whole layers, micro 8, plus a profile of the bare step.
+#   tune:   the launcher once per DeepSpeed setting in TUNE_SETS (A/B on one machine).
 #   launch: the real 119M config through launchers/pretrain.sh (global 64 = 8 x micro 8) on
 #           TEXT_DIR sharded into 8,193-byte samples, then long-context eval speed / BPB.
 # Usage (GPU machine, wheels of ../shared/gpu/README.md on PYTHONPATH):
-#   bash benchmarks/h200_throughput_call.sh OUT train|launch [TEXT_DIR] [STEPS]
+#   bash benchmarks/h200_throughput_call.sh OUT train|launch|tune [TEXT_DIR] [STEPS]
 set -uo pipefail
-OUT="${1:?usage: h200_throughput_call.sh OUT train|launch [TEXT_DIR] [STEPS]}"
+OUT="${1:?usage: h200_throughput_call.sh OUT train|launch|tune [TEXT_DIR] [STEPS]}"
 PART="${2:?train or launch}"
 TEXT="${3:-data_pipeline/samples}"
 STEPS="${4:-40}"
@@ -56,6 +57,25 @@ elif [ "$PART" = launch ]; then
             > "$OUT/long_context_log.txt" 2>&1
         grep -E "^eval|ERROR" "$OUT/long_context_log.txt" | tail -6
     fi
+elif [ "$PART" = tune ]; then
+    # A/B of DeepSpeed settings through the launcher, one short run each, same machine and shards:
+    # TUNE_SETS="label:override override;label2:..." (label "base" with no overrides first)
+    stamp "shard $TEXT"
+    rm -rf /tmp/pmd && "$PY" tools/shard_dataset.py --input "$TEXT" --output /tmp/pmd --sample-bytes 8193 \
+        --val-fraction 0.02 --no-progress 2>&1 | tail -1
+    IFS=';' read -ra SETS <<< "${TUNE_SETS:-base:}"
+    for set in "${SETS[@]}"; do
+        label="${set%%:*}"; read -ra extra <<< "${set#*:}"
+        stamp "launcher $label: ${extra[*]:-}"
+        rm -rf /tmp/runs
+        timeout --preserve-status -s TERM -k 20 "${TUNE_RUN_S:-130}" bash launchers/pretrain.sh configs/pmnet_119m.yaml \
+            'data.streams=[{local: /tmp/pmd, split: train}]' 'data.val_streams=[]' \
+            train.max_steps="$STEPS" optim.warmup_steps=10 eval.interval=0 checkpoint.interval=100000 \
+            checkpoint.save_at_end=false logging.console_interval=5 logging.log_interval=1 \
+            train.run_root=/tmp/runs train.run_name=p119 "${extra[@]}" > "$OUT/tune_$label.log" 2>&1
+        echo "exit $?"
+        grep -E "^step +[0-9]+" "$OUT/tune_$label.log" | tail -4
+    done
 else
     echo "unknown part $PART"; exit 2
 fi

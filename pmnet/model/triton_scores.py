@@ -161,6 +161,11 @@ def _check(q: Tensor, k_pre: Tensor, heads: int) -> tuple[int, int, int]:
 if triton is not None:
     from torch.library import triton_op, wrap_triton
 
+    def _launcher(kernel):
+        """``wrap_triton`` (traceable by torch.compile), except under Triton's CPU interpreter,
+        whose kernels older torch (2.11) refuses to wrap; nothing compiles there anyway."""
+        return kernel if os.environ.get("TRITON_INTERPRET") == "1" else wrap_triton(kernel)
+
     @triton_op("pmnet::phase_scores_tanh", mutates_args=())
     def phase_scores_tanh(q: Tensor, k_pre: Tensor, heads: int, fast: bool) -> Tensor:
         """``sum_j cos(q_j - pi tanh(k_pre_n,j))``: q [P, R*M] fp32, k_pre [P, N, R*M] -> [P, R, N] fp32."""
@@ -169,7 +174,7 @@ if triton is not None:
         out = torch.empty(p, heads, n, device=q.device, dtype=torch.float32)
         bp, bm, warps = _blocks(m)
         grid = (triton.cdiv(p, bp), heads)
-        wrap_triton(_scores_fwd_kernel)[grid](
+        _launcher(_scores_fwd_kernel)[grid](
             q, k_pre, out, p, R=heads, N=n, M=m, BLOCK_P=bp, BLOCK_M=bm,
             BLOCK_N=triton.next_power_of_2(n), FAST=fast, num_warps=warps,
         )  # fmt: skip
@@ -186,7 +191,7 @@ if triton is not None:
         dk = torch.empty(k_pre.shape, device=q.device, dtype=k_pre.dtype)
         bp, bm, warps = _blocks(m)
         grid = (triton.cdiv(p, bp), heads)
-        wrap_triton(_scores_bwd_kernel)[grid](
+        _launcher(_scores_bwd_kernel)[grid](
             q, k_pre, grad, dq, dk, p, R=heads, N=n, M=m, BLOCK_P=bp, BLOCK_M=bm, FAST=fast, num_warps=warps
         )
         return dq, dk
