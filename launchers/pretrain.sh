@@ -131,6 +131,25 @@ if [[ -n "$NODE_RANK_ARG" ]]; then
     LAYOUT="no-ssh multi-node: node $NODE_RANK_ARG of $NUM_NODES, $PER_NODE $DEVICE rank(s) here, $WORLD in all, master $M_ADDR:$M_PORT"
 elif [[ -n "$HOSTFILE" ]]; then
     [[ -f "$HOSTFILE" ]] || die "hostfile '$HOSTFILE' not found"
+    # Ranks started over ssh see only what DeepSpeed exports: NCCL_*, PYTHON*, UCX*, MV2*, MLFLOW*
+    # and the lines of a .deepspeed_env. Forward ours as well (PMNET_*, TORCH_*, TORCHINDUCTOR_*,
+    # TRITON_*, NVSHMEM_*, OMP_*: e.g. TORCH_SYMM_MEM_DISABLE_MULTICAST / NVSHMEM_DISABLE_NVLS where
+    # a cluster requires them) and the names listed in PMNET_EXPORT_ENV, through DS_ENV_FILE;
+    # an existing ~/.deepspeed_env or ./.deepspeed_env is kept.
+    ENV_FILE="$(mktemp "${TMPDIR:-/tmp}/pmnet-dsenv.XXXXXX")"
+    trap 'rm -f "$ENV_FILE"' EXIT
+    for f in "$HOME/.deepspeed_env" "./.deepspeed_env"; do
+        if [[ -f "$f" ]]; then grep -v '^[[:space:]]*$' "$f" >> "$ENV_FILE" || true; fi
+    done
+    EXPORTED=()
+    for name in $(compgen -e | grep -E '^(PMNET_|TORCH_|TORCHINDUCTOR_|TRITON_|NVSHMEM_|OMP_)' || true) ${PMNET_EXPORT_ENV:-}; do
+        [[ "$name" =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || die "PMNET_EXPORT_ENV: '$name' is not a variable name"
+        [[ -v "$name" ]] || die "PMNET_EXPORT_ENV names $name, which is not set"
+        [[ "${!name}" != *$'\n'* ]] || continue  # DeepSpeed's env file is one line per variable
+        printf '%s=%s\n' "$name" "${!name}" >> "$ENV_FILE"
+        EXPORTED+=("$name")
+    done
+    export DS_ENV_FILE="$ENV_FILE"
     RUNNER+=(--hostfile "$HOSTFILE" --master_port "$M_PORT")
     [[ -n "$NUM_NODES" ]] && RUNNER+=(--num_nodes "$NUM_NODES")
     [[ -n "$M_ADDR" ]] && RUNNER+=(--master_addr "$M_ADDR")
@@ -169,6 +188,7 @@ if [[ "$DRY" == 1 ]]; then
     echo "# world layout"
     echo "$LAYOUT"
     [[ "$DEVICE" == cpu ]] && echo "OMP_NUM_THREADS=$OMP_NUM_THREADS per rank (gloo)"
+    [[ -n "${ENV_FILE:-}" ]] && echo "exported to every node (DS_ENV_FILE): ${EXPORTED[*]:-(none beyond the DeepSpeed defaults)}"
     echo
     echo "# command"
     printf '%q ' "${CMD[@]}"

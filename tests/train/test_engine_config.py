@@ -4,6 +4,7 @@ DeepSpeed JSON (accumulation with K chunks), and the launcher's --dry-run / one-
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -97,3 +98,22 @@ def test_single_node_launch_skips_a_busy_port() -> None:
             pass  # something else holds it already: just as busy
         assert not layout().endswith("127.0.0.1:29500")
         assert layout("--master-port", "29500").endswith("127.0.0.1:29500")  # an explicit port is kept
+
+
+def test_ssh_launch_forwards_our_environment(tmp_path: Path) -> None:
+    """Ranks started over ssh (hostfile, pdsh) get PMNET_* / TORCH_* / NVSHMEM_* ... and the names in
+    PMNET_EXPORT_ENV through DeepSpeed's env file; a name that is not set is a one-line error."""
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("localhost slots=1\n")
+    env = launch_env() | {"PMNET_EXPORT_ENV": "MY_FLAG", "MY_FLAG": "1", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1"}
+    cmd = ["bash", "launchers/pretrain.sh", "configs/demo.yaml", "--dry-run", "--hostfile", str(hostfile)]
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("exported to every node"))
+    assert "MY_FLAG" in line and "TORCH_SYMM_MEM_DISABLE_MULTICAST" in line
+    bad = subprocess.run(
+        cmd, cwd=REPO, env=env | {"PMNET_EXPORT_ENV": "NOT_SET_ANYWHERE"}, capture_output=True, text=True, timeout=120
+    )
+    assert bad.returncode == 2
+    lines = [ln for ln in bad.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "NOT_SET_ANYWHERE" in lines[0]
