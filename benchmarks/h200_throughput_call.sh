@@ -47,9 +47,13 @@ elif [ "$PART" = launch ]; then
         'data.streams=[{local: /tmp/pmd, split: train}]' 'data.val_streams=[]' \
         train.max_steps="$STEPS" optim.warmup_steps=10 eval.interval=0 checkpoint.interval=100000 \
         checkpoint.save_at_end=false logging.console_interval=5 logging.log_interval=1 \
-        train.run_root=/tmp/runs train.run_name=p119 > "$OUT/launcher_119m.log" 2>&1
+        train.run_root=/tmp/runs train.run_name=p119 logging.profile_at_step="${PROFILE_AT:-$((STEPS - 2))}" \
+        logging.profile_steps=1 > "$OUT/launcher_119m.log" 2>&1
     echo "exit $?"
     grep -E "step +[0-9]+|bytes/s" "$OUT/launcher_119m.log" | grep -v -i warn | tail -10
+    # the real trainer step profiled (DeepSpeed, accumulation, optimizer): where the launcher's
+    # time per micro-batch exceeds the bare model's
+    cp /tmp/runs/p119/profile/steps_*.txt "$OUT/" 2>/dev/null && head -12 "$OUT"/steps_*.txt
     stamp "long-context"
     if [ -d .bench_books ]; then
         timeout 150 "$PY" benchmarks/train_throughput.py --config configs/pmnet_119m.yaml --variants , \

@@ -278,6 +278,7 @@ def profile_steps(preset: str, micro: int, seq: int, mode: str, path: Path, top:
     from torch.profiler import ProfilerActivity, profile
 
     from pmnet.model import fused
+    from pmnet.train.profiling import device_time_by_family
 
     fused.set_compiled(False)
     cfg = PMNetConfig.from_preset(preset, attn_backend="flex", memory_impl="fast", attention_dropout=0.0)
@@ -305,7 +306,7 @@ def profile_steps(preset: str, micro: int, seq: int, mode: str, path: Path, top:
         torch.cuda.synchronize()
     events = prof.key_averages()
     table = events.table(sort_by="self_device_time_total", row_limit=top, max_name_column_width=90)
-    table = _categories(events) + "\n" + table
+    table = device_time_by_family(events, 2) + "\n" + table
     bare = statistics.median(times)
     head = f"# bare model (no DeepSpeed, no optimizer), {mode}, micro={micro}, seq={seq}: 2 fwd+bwd steps profiled"
     head += f"\n# median of 3 CUDA-event-timed steps before profiling: {bare * 1e3:.1f} ms = {micro * seq / bare:.0f} bytes/s"
@@ -314,26 +315,6 @@ def profile_steps(preset: str, micro: int, seq: int, mode: str, path: Path, top:
     model.cpu()
     _free()
     return table
-
-
-def _categories(events: Any) -> str:
-    """GPU time by kernel family: the one-line answer to 'where does the time go'."""
-    fams = {"gemm (cuBLAS/CUTLASS)": ("gemm", "nvjet", "cutlass", "sm90_xmma", "cublas"),
-            "flex attention": ("flex", "_tem_"), "triton (inductor fused)": ("triton",),
-            "sort/scan/gather (aten)": ("sort", "scan", "gather", "scatter", "index", "embedding"),
-            "copies/fill": ("copy", "fill", "memcpy", "memset", "cat")}  # fmt: skip
-    totals: dict[str, float] = {k: 0.0 for k in [*fams, "other aten elementwise/reduce"]}
-    for e in events:
-        t = getattr(e, "self_device_time_total", 0.0)
-        name = e.key.lower()
-        fam = next((f for f, keys in fams.items() if any(k in name for k in keys)), "other aten elementwise/reduce")
-        totals[fam] += t
-    total = sum(totals.values()) or 1.0
-    lines = [f"# GPU time by family (2 steps, {total / 1e3:.1f} ms):"]
-    lines += [
-        f"#   {k:<32} {v / 1e3:9.1f} ms {v / total:6.1%}" for k, v in sorted(totals.items(), key=lambda kv: -kv[1])
-    ]
-    return "\n".join(lines)
 
 
 def print_table(result: dict) -> None:

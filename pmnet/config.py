@@ -176,6 +176,12 @@ class LoggingConfig:
     "Log per-level memory diagnostics every this many steps (0 = never)."
     peak_tflops: float | None = None
     "Peak FLOP/s (TFLOP/s) for MFU; None = measured at start on GPU, skipped on CPU."
+    profile_at_step: int = 0
+    "torch.profiler over optimizer steps from this one (1-based; 0 = off), main rank: <run_dir>/profile/."
+    profile_steps: int = 2
+    "How many optimizer steps to profile."
+    profile_trace: bool = False
+    "Also write a Chrome / Perfetto trace of the profiled steps (large for big models)."
 
 
 @dataclass
@@ -303,6 +309,9 @@ def validate_config(cfg: Config, world_size: int | None = None) -> None:
     elif d.task == "bytes":
         need(bool(d.streams), "data.streams: at least one training stream is needed for task 'bytes'")
     need(d.num_workers >= 0, f"data.num_workers={d.num_workers}: must be >= 0")
+    lg = cfg.logging
+    need(lg.profile_at_step >= 0, f"logging.profile_at_step={lg.profile_at_step}: must be >= 0 (0 = off)")
+    need(lg.profile_steps >= 1, f"logging.profile_steps={lg.profile_steps}: must be >= 1")
     need(d.prefetch_factor >= 1, f"data.prefetch_factor={d.prefetch_factor}: must be >= 1")
     for name, streams in (("streams", d.streams), ("val_streams", d.val_streams)):
         for i, s in enumerate(streams):

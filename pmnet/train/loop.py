@@ -72,6 +72,7 @@ class Hook(Protocol):
     """A side concern (metrics, eval, checkpoints) called at fixed points of the loop."""
 
     def on_train_start(self, trainer: Trainer) -> None: ...
+    # optional: on_step_start(self, trainer, step) before step ``step`` (1-based) runs
     def on_step_end(self, trainer: Trainer, stats: StepStats) -> None: ...
     def on_train_end(self, trainer: Trainer, reason: str) -> None: ...
 
@@ -219,6 +220,9 @@ class Trainer:
         reason, code = "finished", EXIT_OK
         while self.state.step < last_step:
             nxt = self.state.step + 1
+            for h in self.hooks:
+                if hasattr(h, "on_step_start"):
+                    h.on_step_start(self, nxt)
             stats = self.train_step(
                 want_family_norms=nxt % log_every == 0 or nxt == 1,
                 want_diagnostics=diag_every > 0 and (nxt % diag_every == 0 or nxt == 1),

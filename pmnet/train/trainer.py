@@ -18,6 +18,7 @@ from pmnet.train.engine import build_engine, build_model, deepspeed_config
 from pmnet.train.hooks import CheckpointHook, EvalHook, MetricsHook
 from pmnet.train.loop import Trainer
 from pmnet.train.metrics import LOG, MetricsWriter, measure_peak_tflops, setup_logging
+from pmnet.train.profiling import ProfilerHook
 
 __all__ = ["train", "run_dir_of", "SHAPE_FIELDS"]
 
@@ -55,6 +56,8 @@ def train(cfg: Config, env: DistEnv) -> int:
     if cfg.eval.interval > 0:
         hooks.append(EvalHook(cfg, env, writer, lambda: _val_loader(cfg)))
     hooks.append(CheckpointHook(cfg, env, run_dir))
+    if cfg.logging.profile_at_step > 0:
+        hooks.append(ProfilerHook(cfg, env, run_dir))
     trainer = Trainer(cfg, env, engine, optimizer, loader, hooks)
     if ckpt is not None:
         resume(trainer, ckpt)

@@ -1,0 +1,110 @@
+"""``logging.profile_at_step``: torch.profiler over a few real optimizer steps of a run.
+
+The training step as the user runs it (DeepSpeed engine, accumulation, ZeRO hooks, data,
+optimizer), not a bare forward/backward: the place to find what the trainer adds on top of
+the model. On the main rank only; the others run unprofiled. Writes, under
+``<run_dir>/profile/``:
+
+* ``steps_A-B.txt``: device time by kernel family (GEMM, Triton, flex, ...), then the top
+  operators and kernels by self device time (CPU time where there is no device);
+* ``trace_steps_A-B.json`` (``logging.profile_trace``): a Chrome / Perfetto trace.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from pmnet.train.metrics import LOG
+
+if TYPE_CHECKING:
+    from pmnet.config import Config
+    from pmnet.train.distributed import DistEnv
+    from pmnet.train.loop import StepStats, Trainer
+
+
+FAMILIES = {
+    "gemm (cuBLAS/CUTLASS)": ("gemm", "nvjet", "cutlass", "sm90_xmma", "cublas"),
+    "flex attention": ("flex", "_tem_"),
+    "triton (inductor fused, custom)": ("triton", "_kernel"),
+    "sort/scan/gather (aten)": ("sort", "scan", "gather", "scatter", "index", "embedding"),
+    "copies/fill": ("copy", "fill", "memcpy", "memset", "cat"),
+    "communication (NCCL/gloo)": ("nccl", "gloo", "all_reduce", "allreduce", "reduce_scatter", "all_gather"),
+}
+OTHER = "other aten elementwise/reduce"
+
+
+def device_time_by_family(events: Any, steps: int, attr: str = "self_device_time_total") -> str:
+    """Self time of profiler events (``key_averages()``) summed by kernel family, as comment lines."""
+    totals: dict[str, float] = {k: 0.0 for k in [*FAMILIES, OTHER]}
+    for e in events:
+        name = e.key.lower()
+        fam = next((f for f, keys in FAMILIES.items() if any(k in name for k in keys)), OTHER)
+        totals[fam] += float(getattr(e, attr, 0.0) or 0.0)
+    total = sum(totals.values()) or 1.0
+    what = "GPU" if "device" in attr else "CPU"
+    lines = [
+        f"# {what} time by family ({steps} steps, {total / 1e3:.1f} ms, {total / 1e3 / max(1, steps):.1f} ms/step):"
+    ]
+    lines += [
+        f"#   {k:<32} {v / 1e3:9.1f} ms {v / total:6.1%}" for k, v in sorted(totals.items(), key=lambda kv: -kv[1])
+    ]
+    return "\n".join(lines)
+
+
+class ProfilerHook:
+    """Profiles optimizer steps ``profile_at_step`` .. ``profile_at_step + profile_steps - 1``."""
+
+    def __init__(self, cfg: Config, env: DistEnv, run_dir: Path) -> None:
+        lc = cfg.logging
+        self.first, self.count, self.trace = lc.profile_at_step, lc.profile_steps, lc.profile_trace
+        self.last = self.first + self.count - 1
+        self.enabled = self.first > 0 and env.is_main
+        self.out_dir = run_dir / "profile"
+        self.cuda = env.device.type == "cuda"
+        self._prof: Any = None
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        if self.enabled and trainer.state.step >= self.first:
+            LOG.info(
+                f"logging.profile_at_step={self.first}: the run resumes at step {trainer.state.step}, not profiled"
+            )
+            self.enabled = False
+
+    def on_step_start(self, trainer: Trainer, step: int) -> None:
+        """``step``: the 1-based number of the step about to run."""
+        if not self.enabled or step != self.first:
+            return
+        from torch.profiler import ProfilerActivity, profile
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.cuda else [])
+        self._prof = profile(activities=acts)
+        self._prof.__enter__()
+
+    def on_step_end(self, trainer: Trainer, stats: StepStats) -> None:
+        if self._prof is not None and stats.step >= self.last:
+            self._finish(stats.step)
+
+    def on_train_end(self, trainer: Trainer, reason: str) -> None:
+        if self._prof is not None:  # stopped early (signal, stop_at_step): write what was profiled
+            self._finish(trainer.state.step)
+
+    def _finish(self, step: int) -> None:
+        prof, self._prof = self._prof, None
+        if self.cuda:
+            torch.cuda.synchronize()
+        prof.__exit__(None, None, None)
+        steps = step - self.first + 1
+        tag = f"steps_{self.first}-{step}"
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        events = prof.key_averages()
+        attr = "self_device_time_total" if self.cuda else "self_cpu_time_total"
+        table = events.table(sort_by=attr, row_limit=60, max_name_column_width=100)
+        head = f"# torch.profiler over optimizer steps {self.first}-{step} of the run (main rank)"
+        text = f"{head}\n{device_time_by_family(events, steps, attr)}\n{table}\n"
+        (self.out_dir / f"{tag}.txt").write_text(text)
+        if self.trace:
+            prof.export_chrome_trace(str(self.out_dir / f"trace_{tag}.json"))
+        LOG.info(f"profile of steps {self.first}-{step} written to {self.out_dir / (tag + '.txt')}")
