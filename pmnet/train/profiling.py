@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 FAMILIES = {
     "gemm (cuBLAS/CUTLASS)": ("gemm", "nvjet", "cutlass", "sm90_xmma", "cublas"),
     "flex attention": ("flex", "_tem_"),
-    "triton (inductor fused, custom)": ("triton", "_kernel"),
+    "phase-score kernels (triton_scores)": ("_scores_fwd_kernel", "_scores_bwd_kernel"),
+    "triton (inductor fused)": ("triton",),
     "sort/scan/gather (aten)": ("sort", "scan", "gather", "scatter", "index", "embedding"),
     "copies/fill": ("copy", "fill", "memcpy", "memset", "cat"),
     "communication (NCCL/gloo)": ("nccl", "gloo", "all_reduce", "allreduce", "reduce_scatter", "all_gather"),
@@ -49,7 +50,7 @@ def device_time_by_family(events: Any, steps: int, attr: str = "self_device_time
         f"# {what} time by family ({steps} steps, {total / 1e3:.1f} ms, {total / 1e3 / max(1, steps):.1f} ms/step):"
     ]
     lines += [
-        f"#   {k:<32} {v / 1e3:9.1f} ms {v / total:6.1%}" for k, v in sorted(totals.items(), key=lambda kv: -kv[1])
+        f"#   {k:<36} {v / 1e3:9.1f} ms {v / total:6.1%}" for k, v in sorted(totals.items(), key=lambda kv: -kv[1])
     ]
     return "\n".join(lines)
 

@@ -3,6 +3,7 @@ the trainer's numbers are unchanged by it; bad values are one-line errors."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -38,3 +39,26 @@ def test_bad_profile_settings_are_one_line_errors(shards: Path, tmp_path: Path) 
     assert p.returncode == 2 and "Traceback" not in p.stderr
     errors = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "logging.profile_steps=0" in errors[0], p.stderr[-2000:]
+
+
+def test_kernel_families() -> None:
+    """Profiler names land in the right family: aten's ``..._elementwise_kernel`` is not Triton,
+    the phase-score kernels are counted apart from inductor's."""
+    from types import SimpleNamespace
+
+    from pmnet.train.profiling import device_time_by_family
+
+    names = {
+        "void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<float>>": 1000.0,
+        "_scores_bwd_kernel": 2000.0,
+        "_scores_fwd_kernel": 500.0,
+        "triton_poi_fused_add_cos_0": 3000.0,
+        "nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_NNT": 4000.0,
+    }
+    events = [SimpleNamespace(key=k, self_device_time_total=v) for k, v in names.items()]
+    rows = [re.match(r"#\s+(.+?)\s+([\d.]+) ms", ln) for ln in device_time_by_family(events, 1).splitlines()[1:]]
+    ms = {m.group(1): float(m.group(2)) for m in rows if m}
+    assert ms["phase-score kernels (triton_scores)"] == 2.5
+    assert ms["triton (inductor fused)"] == 3.0
+    assert ms["other aten elementwise/reduce"] == 1.0
+    assert ms["gemm (cuBLAS/CUTLASS)"] == 4.0
