@@ -161,10 +161,13 @@ def _check(q: Tensor, k_pre: Tensor, heads: int) -> tuple[int, int, int]:
 if triton is not None:
     from torch.library import triton_op, wrap_triton
 
+    # Triton chose interpreted or compiled kernels when it defined them (above, at import).
+    _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
     def _launcher(kernel):
         """``wrap_triton`` (traceable by torch.compile), except under Triton's CPU interpreter,
         whose kernels older torch (2.11) refuses to wrap; nothing compiles there anyway."""
-        return kernel if os.environ.get("TRITON_INTERPRET") == "1" else wrap_triton(kernel)
+        return kernel if _INTERPRETED else wrap_triton(kernel)
 
     @triton_op("pmnet::phase_scores_tanh", mutates_args=())
     def phase_scores_tanh(q: Tensor, k_pre: Tensor, heads: int, fast: bool) -> Tensor:
