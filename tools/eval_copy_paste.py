@@ -123,7 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = format_table(header, rows)
     counts = sorted({r.samples for r in results})
     per_bucket = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
-    source = f"seed {args.seed}" if args.ckpts else "merged from " + ", ".join(Path(m).name for m in args.merge)
+    csvs = ", ".join(f"{Path(m).parent.name}/{Path(m).name}" for m in args.merge)  # copy_paste.csv alone says little
+    source = f"seed {args.seed}" if args.ckpts else f"merged from {csvs}"
     note = f"{per_bucket} samples per bucket, {source}; exact = all N bytes right under greedy decoding"
     if rf:
         note += f"; attention alone reaches {rf} bytes (N <= {rf // 2})"
