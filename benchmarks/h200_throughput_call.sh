@@ -46,7 +46,7 @@ elif [ "$PART" = launch ]; then
     timeout --preserve-status -s TERM -k 30 330 bash launchers/pretrain.sh configs/pmnet_119m.yaml \
         'data.streams=[{local: /tmp/pmd, split: train}]' 'data.val_streams=[]' \
         train.max_steps="$STEPS" optim.warmup_steps=10 eval.interval=0 checkpoint.interval=100000 \
-        checkpoint.save_at_end=false logging.console_interval=5 logging.log_interval=1 \
+        checkpoint.save_at_end=false logging.console_interval="${LOG_EVERY:-10}" logging.log_interval="${LOG_EVERY:-10}" \
         train.run_root=/tmp/runs train.run_name=p119 logging.profile_at_step="${PROFILE_AT:-$((STEPS - 2))}" \
         logging.profile_steps=1 > "$OUT/launcher_119m.log" 2>&1
     echo "exit $?"

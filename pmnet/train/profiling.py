@@ -12,6 +12,7 @@ the model. On the main rank only; the others run unprofiled. Writes, under
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,18 +38,33 @@ FAMILIES = {
 OTHER = "other aten elementwise/reduce"
 
 
-def device_time_by_family(events: Any, steps: int, attr: str = "self_device_time_total") -> str:
-    """Self time of profiler events (``key_averages()``) summed by kernel family, as comment lines."""
+def device_time_by_family(
+    events: Any, steps: int, attr: str = "self_device_time_total", wall_s: float | None = None
+) -> str:
+    """Self time of profiler events (``key_averages()``) summed by kernel family, as comment lines.
+
+    Device time counts the device's own events only (kernels, copies): an operator's row
+    (``aten::mm``) also carries the device time of the kernels it launched, and a Triton
+    kernel has a host-side launch row of the same name, so summing every row counted most
+    of the time twice. ``wall_s``: the profiled steps' wall time, for the device's busy share.
+    """
+    from torch.autograd import DeviceType
+
+    device = "device" in attr
     totals: dict[str, float] = {k: 0.0 for k in [*FAMILIES, OTHER]}
     for e in events:
+        if device and getattr(e, "device_type", DeviceType.CUDA) == DeviceType.CPU:
+            continue
         name = e.key.lower()
         fam = next((f for f, keys in FAMILIES.items() if any(k in name for k in keys)), OTHER)
         totals[fam] += float(getattr(e, attr, 0.0) or 0.0)
     total = sum(totals.values()) or 1.0
-    what = "GPU" if "device" in attr else "CPU"
-    lines = [
-        f"# {what} time by family ({steps} steps, {total / 1e3:.1f} ms, {total / 1e3 / max(1, steps):.1f} ms/step):"
-    ]
+    what = "GPU" if device else "CPU"
+    per_step = total / 1e3 / max(1, steps)
+    lines = [f"# {what} time by family ({steps} steps, {total / 1e3:.1f} ms, {per_step:.1f} ms/step):"]
+    if wall_s:
+        wall = wall_s * 1e3 / max(1, steps)
+        lines[0] += f" wall {wall:.1f} ms/step (profiler on), {what} busy {per_step / wall:.0%}"
     lines += [
         f"#   {k:<36} {v / 1e3:9.1f} ms {v / total:6.1%}" for k, v in sorted(totals.items(), key=lambda kv: -kv[1])
     ]
@@ -66,6 +82,7 @@ class ProfilerHook:
         self.out_dir = run_dir / "profile"
         self.cuda = env.device.type == "cuda"
         self._prof: Any = None
+        self._t0 = 0.0
 
     def on_train_start(self, trainer: Trainer) -> None:
         if self.enabled and trainer.state.step >= self.first:
@@ -83,6 +100,7 @@ class ProfilerHook:
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.cuda else [])
         self._prof = profile(activities=acts)
         self._prof.__enter__()
+        self._t0 = time.perf_counter()
 
     def on_step_end(self, trainer: Trainer, stats: StepStats) -> None:
         if self._prof is not None and stats.step >= self.last:
@@ -96,6 +114,7 @@ class ProfilerHook:
         prof, self._prof = self._prof, None
         if self.cuda:
             torch.cuda.synchronize()
+        wall = time.perf_counter() - self._t0
         prof.__exit__(None, None, None)
         steps = step - self.first + 1
         tag = f"steps_{self.first}-{step}"
@@ -104,7 +123,7 @@ class ProfilerHook:
         attr = "self_device_time_total" if self.cuda else "self_cpu_time_total"
         table = events.table(sort_by=attr, row_limit=60, max_name_column_width=100)
         head = f"# torch.profiler over optimizer steps {self.first}-{step} of the run (main rank)"
-        text = f"{head}\n{device_time_by_family(events, steps, attr)}\n{table}\n"
+        text = f"{head}\n{device_time_by_family(events, steps, attr, wall)}\n{table}\n"
         (self.out_dir / f"{tag}.txt").write_text(text)
         if self.trace:
             prof.export_chrome_trace(str(self.out_dir / f"trace_{tag}.json"))

@@ -46,6 +46,8 @@ def test_kernel_families() -> None:
     the phase-score kernels are counted apart from inductor's."""
     from types import SimpleNamespace
 
+    from torch.autograd import DeviceType
+
     from pmnet.train.profiling import device_time_by_family
 
     names = {
@@ -55,8 +57,15 @@ def test_kernel_families() -> None:
         "triton_poi_fused_add_cos_0": 3000.0,
         "nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_NNT": 4000.0,
     }
-    events = [SimpleNamespace(key=k, self_device_time_total=v) for k, v in names.items()]
-    rows = [re.match(r"#\s+(.+?)\s+([\d.]+) ms", ln) for ln in device_time_by_family(events, 1).splitlines()[1:]]
+    events = [SimpleNamespace(key=k, self_device_time_total=v, device_type=DeviceType.CUDA) for k, v in names.items()]
+    # host-side rows carry the device time of what they launched: counting them doubled the total
+    events += [
+        SimpleNamespace(key="aten::mm", self_device_time_total=4000.0, device_type=DeviceType.CPU),
+        SimpleNamespace(key="triton_poi_fused_add_cos_0", self_device_time_total=3000.0, device_type=DeviceType.CPU),
+    ]
+    text = device_time_by_family(events, 1, wall_s=0.021)
+    assert "10.5 ms/step" in text.splitlines()[0] and "busy 50%" in text.splitlines()[0], text
+    rows = [re.match(r"#\s+(.+?)\s+([\d.]+) ms", ln) for ln in text.splitlines()[1:]]
     ms = {m.group(1): float(m.group(2)) for m in rows if m}
     assert ms["phase-score kernels (triton_scores)"] == 2.5
     assert ms["triton (inductor fused)"] == 3.0
