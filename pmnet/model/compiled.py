@@ -8,13 +8,15 @@ for forward and backward: minutes of inductor time.
 :func:`compile_fast_path` (``mode="modules"``, the default) compiles pieces whose shapes do
 not depend on the level instead, each once for all 12 layers:
 
-* the memory read, write and scan as pure tensor functions (``fused.set_compiled``);
+* the memory read, write, scan and level preparation (``Phi + S`` and the slot features of
+  ``Phi + S + E_k[g]``, shared by a level's reads) as pure tensor functions (``fused.set_compiled``);
 * every ``PMNetAttention`` (projections, q/k norms, RoPE, flex attention), ``SwiGLU`` and
   ``RMSNorm`` module. Dynamo lifts module parameters to graph inputs
   (``inline_inbuilt_nn_modules``), so the 12 instances share one graph per module class.
 
-Left eager: residual adds, the anchor gather and Phi accumulation (a few [B, T, N, M] fp32
-elementwise ops per layer). Nothing here changes the math or the state_dict keys.
+Left eager: residual adds, the anchor gather, and autograd's sums of gradients that meet
+between graphs (a level's Phi and anchors, the feature gradients of its P reads). Nothing here
+changes the math or the state_dict keys.
 """
 
 from __future__ import annotations

@@ -101,17 +101,35 @@ def tanh_key_scores(q: Tensor, k_pre: Tensor, heads: int) -> Tensor:
 def weighted_features(a: Tensor, feats: Tensor) -> Tensor:
     """``g_r = sum_n a_rn f_n``: a [B, T, R, N] fp32, feats [B, T, N, 2M] -> [B, T, R, 2M] fp32.
 
-    Compiled: one fused reduction over the N slots (the features are recomputed from phi in
-    registers, never stored in fp32); eager: a batched matmul.
+    Compiled: one fused reduction over the N slots (the features read in their projection
+    dtype, widened in registers, never stored in fp32); eager: a batched matmul.
     """
     if torch.compiler.is_compiling():
         return (a.unsqueeze(-1) * feats.float().unsqueeze(2)).sum(3)
     return torch.matmul(a, feats.float())
 
 
+def level_core(
+    phase: Tensor, increment: Tensor | None, anchor: Tensor | None, dtype: torch.dtype
+) -> tuple[Tensor, Tensor]:
+    """What the reads of one level share, in one fused pass: ``(Phi', [sin phi, cos phi])``.
+
+    ``Phi' = Phi + S`` (the level's write increment; None for none) and ``phi = Phi' + E_k[g]``
+    (None: zeroed anchors), the features cast to the projection dtype: phase [B, T, N, M] fp32
+    -> (Phi' fp32, feats [B, T, N, 2M]). The P reads of a level see the same angles, so they
+    take these features instead of each recomputing them from phi: one elementwise pass per
+    level replaces the eager fp32 adds of Phi + S and Phi + E_k[g] and P feature passes, and
+    in backward the P reads' feature gradients meet before one sin/cos backward.
+    """
+    if increment is not None:
+        phase = phase + increment
+    phi = phase if anchor is None else phase + anchor
+    return phase, phase_features(phi, dtype)
+
+
 def read_core(
     h: Tensor,
-    phi: Tensor,
+    feats: Tensor,
     norm_w: Tensor,
     wq: Tensor,
     bq: Tensor,
@@ -122,13 +140,16 @@ def read_core(
     eps: float,
     heads: int,
 ) -> Tensor:
-    """Memory read (MODEL.md section 4); h [B, T, d], phi [B, T, N, M] fp32 -> [B, T, d]."""
-    b, t, n, m = phi.shape
+    """Memory read (MODEL.md section 4) from the slot features of :func:`level_core`.
+
+    h [B, T, d], feats [B, T, N, 2M] (``[sin phi, cos phi]`` in the weights' dtype) -> [B, T, d].
+    """
+    b, t, n, m2 = feats.shape
+    m = m2 // 2
     r = heads
     rm = r * m
     x = rms_norm(h, norm_w, eps)
     q = (math.pi * torch.tanh(F.linear(x, wq, bq).float())).view(b, t, r, m)  # [B, T, R, M]
-    feats = phase_features(phi, wkv.dtype)  # [B, T, N, 2M]
     k_pre = F.linear(feats, wkv[:rm], bkv[:rm])  # [B, T, N, RM]: key half only, before pi tanh
     a = torch.softmax(tanh_key_scores(q, k_pre, r) / math.sqrt(m), dim=-1)  # [B, T, R, N]
     g = weighted_features(a, feats)  # [B, T, R, 2M]: attention-weighted features per head
@@ -167,7 +188,8 @@ def value_out_weights(wkv: Tensor, bkv: Tensor, wo: Tensor, bo: Tensor, heads: i
 
 def write_core(
     h: Tensor,
-    phi: Tensor,
+    phase: Tensor,
+    anchor: Tensor | None,
     norm_w: Tensor,
     wq: Tensor,
     bq: Tensor,
@@ -179,7 +201,12 @@ def write_core(
     bo: Tensor,
     eps: float,
 ) -> tuple[Tensor, Tensor]:
-    """Dense part of a write (MODEL.md section 3): (write softmax s [B, T, N], delta [B, T, N, M]) fp32."""
+    """Dense part of a write (MODEL.md section 3): (write softmax s [B, T, N], delta [B, T, N, M]) fp32.
+
+    The write sees ``phi = Phi + E_k[g]`` (phase [B, T, N, M] fp32, anchor the same shape or None),
+    added here so that the sum never round-trips through memory.
+    """
+    phi = phase if anchor is None else phase + anchor
     m = phi.shape[-1]
     x = rms_norm(h, norm_w, eps)
     q = math.pi * torch.tanh(F.linear(x, wq, bq).float())  # [B, T, M]
@@ -206,14 +233,14 @@ def scan_core(delta: Tensor, group: Tensor, carried: Tensor, training: bool) -> 
 
 @functools.cache
 def _compiled(name: str) -> Callable[..., Any]:
-    fns = {"read": read_core, "write": write_core, "scan": scan_core}
+    fns = {"read": read_core, "write": write_core, "scan": scan_core, "level": level_core}
     # the scan's group count differs per level: automatic dynamic shapes settle after 2 compiles
     dynamic = None if name == "scan" else False
     return torch.compile(fns[name], fullgraph=True, dynamic=dynamic)
 
 
 def run(name: str, *args: Any) -> Any:
-    """Call core ``name`` (read / write / scan), compiled when :func:`set_compiled` said so."""
+    """Call core ``name`` (read / write / scan / level), compiled when :func:`set_compiled` said so."""
     if _STATE["compile"] and not torch.compiler.is_compiling():
         return _compiled(name)(*args)
-    return {"read": read_core, "write": write_core, "scan": scan_core}[name](*args)
+    return {"read": read_core, "write": write_core, "scan": scan_core, "level": level_core}[name](*args)

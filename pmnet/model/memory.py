@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from pmnet.model.config import PMNetConfig
 from pmnet.model.layers import NormalLinear, RMSNorm
-from pmnet.model.phasor_fast import read_fast, write_fast
+from pmnet.model.phasor_fast import level_inputs, read_fast, read_fast_features, write_fast
 from pmnet.model.reference import read_reference, write_reference
 
 
@@ -86,10 +86,18 @@ class PhasorMemoryWrite(nn.Module):
         self.proj_v = NormalLinear(d, m, True, std)
         self.proj_out = NormalLinear(m, m, True, std)
 
-    def forward(self, h: Tensor, phi: Tensor, group: Tensor, carried: Tensor) -> WriteResult:
-        """h [B, T, d], phi [B, T, N, M] fp32, group [B, T], carried [B, G, N, M] fp32."""
-        fn = write_fast if self.impl == "fast" else write_reference
-        return fn(self, h, phi, group, carried, cumsum=self.cumsum, training=self.training)
+    def forward(
+        self, h: Tensor, phi: Tensor, group: Tensor, carried: Tensor, anchor: Tensor | None = None
+    ) -> WriteResult:
+        """h [B, T, d], phi [B, T, N, M] fp32, group [B, T], carried [B, G, N, M] fp32.
+
+        The write sees ``phi + anchor`` (anchor E_k[g] the same shape as phi, or None); the fast
+        path adds them inside its fused graph.
+        """
+        if self.impl == "fast":
+            return write_fast(self, h, phi, group, carried, cumsum=self.cumsum, training=self.training, anchor=anchor)
+        phi = phi if anchor is None else phi + anchor
+        return write_reference(self, h, phi, group, carried, cumsum=self.cumsum, training=self.training)
 
 
 class PhasorMemoryRead(nn.Module):
@@ -106,10 +114,33 @@ class PhasorMemoryRead(nn.Module):
         self.proj_kv = NormalLinear(2 * m, 2 * r * m, True, std)
         self.proj_out = NormalLinear(r * m, d, True, std)
 
-    def forward(self, h: Tensor, phi: Tensor) -> Tensor:
-        """h [B, T, d], phi [B, T, N, M] fp32 -> [B, T, d]."""
+    def forward(self, h: Tensor, phi: Tensor | None = None, *, features: Tensor | None = None) -> Tensor:
+        """h [B, T, d], phi [B, T, N, M] fp32 -> [B, T, d].
+
+        ``features``: instead of phi, its slot features from :func:`level_read_input` (the fast
+        path's form shared by the reads of a level; the reference path passes phi itself).
+        """
+        if features is not None:
+            return read_fast_features(self, h, features) if self.impl == "fast" else read_reference(self, h, features)
+        assert phi is not None
         fn = read_fast if self.impl == "fast" else read_reference
         return fn(self, h, phi)
+
+
+def level_read_input(
+    impl: str, phase: Tensor, increment: Tensor | None, anchor: Tensor | None, dtype: torch.dtype
+) -> tuple[Tensor, Tensor]:
+    """After a level's write: ``(Phi + S, what the level's reads take)``.
+
+    The reads see ``phi = Phi + S + E_k[g]`` (increment S or anchor E_k[g] None: left out).
+    ``impl == "fast"``: the second item is phi's slot features ``[sin phi, cos phi]`` in
+    ``dtype``, computed once for the level's P reads in one fused pass; ``"reference"``: phi.
+    """
+    if impl == "fast":
+        return level_inputs(phase, increment, anchor, dtype)
+    if increment is not None:
+        phase = phase + increment
+    return phase, phase if anchor is None else phase + anchor
 
 
 @torch.no_grad()

@@ -25,6 +25,7 @@ from pmnet.model.memory import (
     AnchorTree,
     PhasorMemoryRead,
     PhasorMemoryWrite,
+    level_read_input,
     write_diagnostics,
 )
 from pmnet.model.state import PMNetState
@@ -85,17 +86,18 @@ class PMNetDecoderLayer(nn.Module):
         anchor: Tensor | None,
         carried: Tensor | None,
         collect: bool = False,
-        level_phi: Tensor | None = None,
+        level_read: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None, dict[str, Tensor], Tensor | None]:
         """One layer.
 
         h [B, T, d]; cos/sin [T, hd]; mask: the chunk's attention window; past_k/v [B, H, <=W-1, hd]; phase Phi [B, T, N, M] fp32;
         group [B, T] level-k ids; anchor E_k[g] [B, T, N, M] fp32 or None (zeroed); carried [B, G, N, M]
-        (write layers); level_phi: ``Phi + E_k[g]`` as the level's previous layer read it (read-only
-        layers reuse it: Phi and the anchors change only at a write, so the P layers of a level
-        read the same angles; one add and one gradient accumulation fewer per layer).
+        (write layers); level_read: what the level's write layer prepared for its reads
+        (``memory.level_read_input``: the slot features of ``Phi + E_k[g]`` on the fast path,
+        the angles themselves on the reference path). Phi and the anchors change only at a
+        write, so the P layers of a level read the same angles; read-only layers reuse it.
         Returns (h, new_k, new_v, Phi, child group or None, new group state or None,
-        diagnostics, the angles this layer read or None).
+        diagnostics, level_read or None).
         """
         attn_out, new_k, new_v = self.self_attn(self.input_layernorm(h), cos, sin, past_k, past_v, mask)
         h = h + attn_out
@@ -105,18 +107,19 @@ class PMNetDecoderLayer(nn.Module):
             assert phase is not None and group is not None
             if self.writes:
                 assert carried is not None
-                phi = phase if anchor is None else phase + anchor
-                res = self.memory_write_module(h, phi, group, carried)
-                phase = phase + res.phi_increment  # Phi accumulates over levels
+                res = self.memory_write_module(h, phase, group, carried, anchor)
                 child, state = res.child_group, res.group_state
                 if collect:
                     diag = write_diagnostics(res, self.level, carried.shape[2])
-                level_phi = None
-            if level_phi is None:
-                level_phi = phase if anchor is None else phase + anchor
-            h = h + self.memory_read_module(h, level_phi)
+                # Phi accumulates over levels; the read at this layer already sees the increment
+                read_mod = self.memory_read_module
+                phase, level_read = level_read_input(
+                    read_mod.impl, phase, res.phi_increment, anchor, read_mod.proj_kv.weight.dtype
+                )
+            assert level_read is not None, "a read-only layer needs its level's write layer before it"
+            h = h + self.memory_read_module(h, features=level_read)
         h = h + self.mlp(self.post_attention_layernorm(h))
-        return h, new_k, new_v, phase, child, state, diag, level_phi
+        return h, new_k, new_v, phase, child, state, diag, level_read
 
 
 class PMNetModel(nn.Module):
@@ -142,7 +145,7 @@ class PMNetModel(nn.Module):
         cos, sin = rope_cos_sin(state.position, t, cfg.head_dim, cfg.rope_theta, ids.device)
         n_past = state.keys[0].shape[-2] if state.keys else 0
         mask = build_attention_mask(cfg, t, n_past, ids.device, self.training)
-        phase = group = child = anchor = level_phi = None
+        phase = group = child = anchor = level_read = None
         if cfg.use_memory:
             phase = torch.zeros(b, t, cfg.num_memory, cfg.memory_size, device=ids.device)  # Phi, fp32
             group = torch.zeros(b, t, dtype=torch.int64, device=ids.device)  # root
@@ -160,12 +163,12 @@ class PMNetModel(nn.Module):
                 anchor = None if level in zeroed else self.memory_embeddings(level, group)
             past_k = state.keys[i] if state.keys else None
             past_v = state.values[i] if state.values else None
-            args = (h, cos, sin, mask, past_k, past_v, phase, group, anchor, carried, collect, level_phi)
+            args = (h, cos, sin, mask, past_k, past_v, phase, group, anchor, carried, collect, level_read)
             if use_ckpt:
                 out = checkpoint(layer, *args, use_reentrant=False)
             else:
                 out = layer(*args)
-            h, k_i, v_i, phase, new_child, g_state, diag, level_phi = out
+            h, k_i, v_i, phase, new_child, g_state, diag, level_read = out
             new_keys.append(k_i)
             new_values.append(v_i)
             if layer.writes:

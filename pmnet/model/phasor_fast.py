@@ -93,15 +93,19 @@ def write_fast(
     *,
     cumsum: bool,
     training: bool,
+    anchor: Tensor | None = None,
 ) -> WriteResult:
-    """Vectorised memory write; same arguments and result as ``reference.write_reference``."""
+    """Vectorised memory write; same arguments and result as ``reference.write_reference``.
+
+    ``anchor`` (E_k[g], [B, T, N, M] fp32) is added to ``phi`` inside the fused write when given.
+    """
     from pmnet.model import fused
     from pmnet.model.memory import WriteResult
 
     b, t, n, m = phi.shape
     w = (mod.proj_q, mod.proj_k, mod.proj_v, mod.proj_out)
     params = [p for lin in w for p in (lin.weight, lin.bias)]
-    s, delta = fused.run("write", h, phi, mod.norm.weight, *params, mod.norm.eps)
+    s, delta = fused.run("write", h, phi, anchor, mod.norm.weight, *params, mod.norm.eps)
     if cumsum:
         S, state = fused.run("scan", delta, group, carried, training)
     else:
@@ -138,8 +142,23 @@ def _last_of_group(x: Tensor, group: Tensor, g_count: int) -> tuple[Tensor, Tens
 
 def read_fast(mod: PhasorMemoryRead, h: Tensor, phi: Tensor) -> Tensor:
     """Vectorised memory read; h [B, T, d], phi [B, T, N, M] fp32 -> [B, T, d]."""
+    _, feats = level_inputs(phi, None, None, mod.proj_kv.weight.dtype)
+    return read_fast_features(mod, h, feats)
+
+
+def read_fast_features(mod: PhasorMemoryRead, h: Tensor, feats: Tensor) -> Tensor:
+    """The read from precomputed slot features (:func:`level_inputs`): feats [B, T, N, 2M] -> [B, T, d]."""
     from pmnet.model import fused
 
     lin = (mod.proj_q, mod.proj_kv, mod.proj_out)
     params = [p for x in lin for p in (x.weight, x.bias)]
-    return fused.run("read", h, phi, mod.norm.weight, *params, mod.norm.eps, mod.num_heads)
+    return fused.run("read", h, feats, mod.norm.weight, *params, mod.norm.eps, mod.num_heads)
+
+
+def level_inputs(
+    phase: Tensor, increment: Tensor | None, anchor: Tensor | None, dtype: torch.dtype
+) -> tuple[Tensor, Tensor]:
+    """``(Phi + S, features of Phi + S + E_k[g])`` in one fused pass (``fused.level_core``)."""
+    from pmnet.model import fused
+
+    return fused.run("level", phase, increment, anchor, dtype)

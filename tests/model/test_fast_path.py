@@ -119,6 +119,44 @@ def test_read_value_half_once_per_head(dtype: torch.dtype, memory_size: int) -> 
     assert (fast - ref).abs().max() < tol
 
 
+@pytest.mark.parametrize("with_anchor", [True, False])
+def test_level_features_read_matches_reference(with_anchor: bool) -> None:
+    # The fast path prepares a level's reads once (Phi + S and the slot features of
+    # Phi + S + E_k[g], fused.level_core); a read from those features equals the reference read
+    # of the angles, values and gradients with respect to Phi, S and the anchors (fp32)
+    from pmnet.model.memory import PhasorMemoryRead, level_read_input
+
+    cfg = three_level_cfg(memory_size=16)
+    torch.manual_seed(0)
+    mod = PhasorMemoryRead(cfg)
+    with torch.no_grad():
+        for p in mod.parameters():
+            if p is not mod.norm.weight:
+                p.normal_(0, 0.5)
+    g = torch.Generator().manual_seed(2)
+    b, t, n, m = 2, 20, cfg.num_memory, cfg.memory_size
+    h = torch.randn(b, t, cfg.hidden_size, generator=g)
+    leaves = [3 * torch.randn(b, t, n, m, generator=g) for _ in range(3)]  # Phi, S, E_k[g]
+    w = torch.randn(b, t, cfg.hidden_size, generator=g)
+    results = []
+    for impl in ("fast", "reference"):
+        mod.impl = impl
+        phase, inc, anchor = (x.clone().requires_grad_() for x in leaves)
+        new_phase, read_in = level_read_input(impl, phase, inc, anchor if with_anchor else None, torch.float32)
+        out = mod(h, features=read_in)
+        loss = (out * w).sum() + torch.sin(new_phase).sum()
+        grads = torch.autograd.grad(loss, [phase, inc, anchor], allow_unused=True)
+        results.append((out.detach(), new_phase.detach(), grads))
+    (o1, p1, g1), (o2, p2, g2) = results
+    assert (o1 - o2).abs().max() < 1e-5 * (1 + o2.abs().max())
+    assert torch.equal(p1, p2)
+    for a, r in zip(g1, g2):
+        if r is None:
+            assert a is None or not with_anchor
+            continue
+        assert (a - r).abs().max() < 1e-4 * (1 + r.abs().max())
+
+
 def _loss_and_grads(model, ids):
     logits, _ = model(ids)
     loss = torch.nn.functional.cross_entropy(
