@@ -1,13 +1,17 @@
-"""Training loss curves of the fast path and the slow per-position reference (issue 8), on CPU.
+"""Training loss curves of the fast path and the slow per-position reference (issue 8).
 
 Same model init, same batches, same optimizer; only ``memory_impl`` differs. bf16 weights
 (phases fp32, as in GPU training) by default. The reference loops over positions, so this
-uses the tiny preset and short sequences:
+uses short sequences; on the CPU the tiny preset:
 
     python benchmarks/fast_vs_reference_curve.py --steps 200 --json benchmarks/results/fast_vs_reference.json
 
-Reports the per-step losses of both and their largest / mean absolute difference. The GPU
-version of this check (119M, 8 KiB sequences) was not run in the issue-8 session.
+and on a GPU the 119M model, the fast path compiled as in training (Triton score kernel):
+
+    python benchmarks/fast_vs_reference_curve.py --preset pmnet_119m --device cuda --compile \
+        --seq 256 --batch 4 --lr 6e-4 --text .bench_text --json OUT/fast_vs_reference_119m.json
+
+Reports the per-step losses of both and their largest / mean absolute difference.
 """
 
 from __future__ import annotations
@@ -27,12 +31,46 @@ from benchmarks.small_train import load_text, train_losses
 from pmnet.model import PMNetConfig, PMNetForCausalLM
 
 
-def curve(impl: str, steps: int, seq: int, batch: int, dtype: torch.dtype, data: torch.Tensor) -> list[float]:
+def curve(
+    impl: str,
+    steps: int,
+    seq: int,
+    batch: int,
+    dtype: torch.dtype,
+    data: torch.Tensor,
+    preset: str = "tiny",
+    device: str = "cpu",
+    lr: float = 3e-3,
+    compile_fast: bool = False,
+) -> list[float]:
     """Per-step training losses (nats) of ``memory_impl=impl``."""
-    cfg = PMNetConfig.from_preset("tiny", memory_impl=impl, attn_backend="sdpa")
+    cfg = PMNetConfig.from_preset(preset, memory_impl=impl, attn_backend="sdpa", attention_dropout=0.0)
     torch.manual_seed(0)
-    model = PMNetForCausalLM(cfg).to(dtype).train()
-    return train_losses(model, data, steps, seq, batch, lambda step: 3e-3 * min(1.0, (step + 1) / 20))
+    model = PMNetForCausalLM(cfg).to(dtype).to(device).train()
+    if compile_fast and impl == "fast":
+        from pmnet.model.compiled import compile_fast_path
+
+        compile_fast_path(model, "modules")
+    t0 = time.time()
+
+    def progress(step: int, loss: float) -> None:
+        if (step + 1) % 25 == 0:
+            print(f"  {impl} step {step + 1}: loss {loss:.4f} ({time.time() - t0:.0f} s)", flush=True)
+
+    try:
+        return train_losses(model, data, steps, seq, batch, lambda step: lr * min(1.0, (step + 1) / 20), progress)
+    finally:
+        from pmnet.model import fused
+
+        fused.set_compiled(False)
+
+
+def read_text(path: Path | None) -> torch.Tensor:
+    """The bytes of ``path`` (a file, or every file of a folder in name order) as int64; None: the FineWeb-Edu head."""
+    if path is None:
+        return load_text()
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    return torch.tensor(list(b"".join(p.read_bytes() for p in files)), dtype=torch.int64)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,20 +79,31 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
+    ap.add_argument("--preset", default="tiny", help="model preset (tiny, pmnet_30m, pmnet_119m)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (20 warm-up steps)")
+    ap.add_argument("--compile", action="store_true", help="the fast path compiled as in training (CUDA)")
+    ap.add_argument(
+        "--text", type=Path, default=None, help="training text: a file or a folder (default: FineWeb-Edu head)"
+    )
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    data = load_text()
+    data = read_text(args.text)
     result = {"args": {k: str(v) for k, v in vars(args).items()}}
     for impl in ("fast", "reference"):
         t0 = time.time()
-        result[impl] = curve(impl, args.steps, args.seq, args.batch, dtype, data)
+        result[impl] = curve(
+            impl, args.steps, args.seq, args.batch, dtype, data, args.preset, args.device, args.lr, args.compile
+        )
         result[f"{impl}_seconds"] = time.time() - t0
         print(
-            f"{impl}: {result[f'{impl}_seconds']:.0f} s, last-20 mean loss {sum(result[impl][-20:]) / 20:.4f}",
+            f"{impl}: {result[f'{impl}_seconds']:.0f} s, last-20 mean loss {sum(result[impl][-20:]) / len(result[impl][-20:]):.4f}",
             flush=True,
         )
+        if args.json:  # what is done so far survives a time limit
+            args.json.write_text(json.dumps(result, indent=1))
     diff = [abs(a - b) for a, b in zip(result["fast"], result["reference"])]
     result["max_abs_diff"], result["mean_abs_diff"] = max(diff), sum(diff) / len(diff)
     late = slice(args.steps // 2, None)

@@ -31,16 +31,18 @@ def train_losses(
     seq: int,
     batch: int,
     lr_at: Callable[[int], float],
+    on_step: Callable[[int, float], None] | None = None,
 ) -> list[float]:
     """Train ``model`` for ``steps`` AdamW steps (lr ``lr_at(step)``, clip 1.0); per-step losses in nats."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr_at(0), betas=(0.9, 0.95), weight_decay=0.1)
     gen = torch.Generator().manual_seed(1234)
+    device = next(model.parameters()).device
     out = []
     for step in range(steps):
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         starts = torch.randint(0, data.numel() - seq - 1, (batch,), generator=gen)
-        ids = torch.stack([data[s : s + seq + 1] for s in starts.tolist()])
+        ids = torch.stack([data[s : s + seq + 1] for s in starts.tolist()]).to(device)
         logits, _ = model(ids[:, :-1])
         loss = lm_loss(logits, ids[:, 1:])
         opt.zero_grad(set_to_none=True)
@@ -48,4 +50,6 @@ def train_losses(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         out.append(loss.item())
+        if on_step is not None:
+            on_step(step, out[-1])
     return out
