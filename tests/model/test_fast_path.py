@@ -92,24 +92,31 @@ def test_blocked_scan_long_chunk_precision(groups: int, same_sign: bool, tol: fl
     assert _angle_err(state, ref_state) < tol
 
 
-@pytest.mark.parametrize("memory_size", [8, 32])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_read_value_half_once_per_head(dtype: torch.dtype, memory_size: int) -> None:
-    # sum_n a_rn (Wv_r f_n + bv_r) == Wv_r (sum_n a_rn f_n) + bv_r: the fast read against the
-    # per-slot reference, in fp32 (tight) and with bf16 weights (bf16 rounding only);
-    # M = 32 > d / 2 takes the branch that folds Wv into Wo (fused.fold_value_out), M = 8 not
+def _random_read(cfg):
+    """A memory read with weights large enough that its phases matter (seeded)."""
     from pmnet.model.memory import PhasorMemoryRead
-    from pmnet.model.phasor_fast import read_fast
-    from pmnet.model.reference import read_reference
 
-    cfg = three_level_cfg(memory_size=memory_size)
-    assert fused.fold_value_out(cfg.hidden_size, memory_size) == (memory_size == 32)
     torch.manual_seed(0)
     mod = PhasorMemoryRead(cfg)
     with torch.no_grad():
         for p in mod.parameters():
             if p is not mod.norm.weight:
                 p.normal_(0, 0.5)
+    return mod
+
+
+@pytest.mark.parametrize("memory_size", [8, 32])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_read_value_half_once_per_head(dtype: torch.dtype, memory_size: int) -> None:
+    # sum_n a_rn (Wv_r f_n + bv_r) == Wv_r (sum_n a_rn f_n) + bv_r: the fast read against the
+    # per-slot reference, in fp32 (tight) and with bf16 weights (bf16 rounding only);
+    # M = 32 > d / 2 takes the branch that folds Wv into Wo (fused.fold_value_out), M = 8 not
+    from pmnet.model.phasor_fast import read_fast
+    from pmnet.model.reference import read_reference
+
+    cfg = three_level_cfg(memory_size=memory_size)
+    assert fused.fold_value_out(cfg.hidden_size, memory_size) == (memory_size == 32)
+    mod = _random_read(cfg)
     mod = mod.to(dtype)
     g = torch.Generator().manual_seed(1)
     h = torch.randn(2, 24, cfg.hidden_size, generator=g).to(dtype)
@@ -124,15 +131,10 @@ def test_level_features_read_matches_reference(with_anchor: bool) -> None:
     # The fast path prepares a level's reads once (Phi + S and the slot features of
     # Phi + S + E_k[g], fused.level_core); a read from those features equals the reference read
     # of the angles, values and gradients with respect to Phi, S and the anchors (fp32)
-    from pmnet.model.memory import PhasorMemoryRead, level_read_input
+    from pmnet.model.memory import level_read_input
 
     cfg = three_level_cfg(memory_size=16)
-    torch.manual_seed(0)
-    mod = PhasorMemoryRead(cfg)
-    with torch.no_grad():
-        for p in mod.parameters():
-            if p is not mod.norm.weight:
-                p.normal_(0, 0.5)
+    mod = _random_read(cfg)
     g = torch.Generator().manual_seed(2)
     b, t, n, m = 2, 20, cfg.num_memory, cfg.memory_size
     h = torch.randn(b, t, cfg.hidden_size, generator=g)
