@@ -7,10 +7,12 @@
 #   tune:   the launcher once per DeepSpeed setting in TUNE_SETS (A/B on one machine).
 #   launch: the real 119M config through launchers/pretrain.sh (global 64 = 8 x micro 8) on
 #           TEXT_DIR sharded into 8,193-byte samples, then long-context eval speed / BPB.
+#   curve:  the 119M fast-vs-reference bf16 loss curve over STEPS (default 200 here) steps on TEXT_DIR.
+#   tests:  the slow GPU tests (whole-layer compilation; evaluation, with TEXT_DIR as the books).
 # Usage (GPU machine, wheels of ../shared/gpu/README.md on PYTHONPATH):
-#   bash benchmarks/h200_throughput_call.sh OUT train|launch|tune [TEXT_DIR] [STEPS]
+#   bash benchmarks/h200_throughput_call.sh OUT train|launch|tune|curve|tests [TEXT_DIR] [STEPS]
 set -uo pipefail
-OUT="${1:?usage: h200_throughput_call.sh OUT train|launch|tune [TEXT_DIR] [STEPS]}"
+OUT="${1:?usage: h200_throughput_call.sh OUT train|launch|tune|curve|tests [TEXT_DIR] [STEPS]}"
 PART="${2:?train or launch}"
 TEXT="${3:-data_pipeline/samples}"
 STEPS="${4:-40}"
@@ -80,6 +82,28 @@ elif [ "$PART" = tune ]; then
         echo "exit $?"
         grep -E "^step +[0-9]+" "$OUT/tune_$label.log" | tail -4
     done
+elif [ "$PART" = curve ]; then
+    # issue 8's 200-step bf16 loss curve at 119M: fast path compiled as in training vs the
+    # per-position reference, same init and batches (TEXT_DIR: training text; ~4 minutes)
+    CSTEPS="${4:-200}"
+    stamp "fast vs reference, 119M, $CSTEPS steps"
+    timeout "${CURVE_S:-420}" "$PY" benchmarks/fast_vs_reference_curve.py --preset pmnet_119m --device cuda \
+        --compile --steps "$CSTEPS" --seq 128 --batch 8 --lr 6e-4 --text "$TEXT" \
+        --json "$OUT/fast_vs_reference_119m_bf16.json" > "$OUT/curve_log.txt" 2>&1
+    echo "exit $?"
+    grep -v -i warn "$OUT/curve_log.txt" | grep -E "^[a-z]|step (50|100|150|200):" | tail -12
+elif [ "$PART" = tests ]; then
+    # the GPU tests that need the most time: whole-layer compilation (cold: minutes) and the
+    # evaluation tests, which read books from TEXT_DIR (carried; PMNET_SHARED_DATA/books)
+    mkdir -p /tmp/shared_data && ln -sfn "$(cd "$TEXT" && pwd)" /tmp/shared_data/books
+    stamp "GPU tests: evaluation"
+    PMNET_SHARED_DATA=/tmp/shared_data timeout 150 "$PY" -m pytest -v -rA --tb=short -p no:cacheprovider \
+        tests/eval/test_eval_gpu.py > "$OUT/gpu_tests_eval.txt" 2>&1
+    grep -E "PASSED|FAILED|ERROR|SKIPPED|passed|failed" "$OUT/gpu_tests_eval.txt" | tail -6
+    stamp "GPU tests: whole-layer compilation"
+    timeout "${MODEL_TESTS_S:-400}" "$PY" -m pytest -v -rA --tb=short -p no:cacheprovider tests/model/test_model_gpu.py \
+        tests/model/test_fast_path.py -m gpu -k "compiled or 119m or compile" > "$OUT/gpu_tests_compiled.txt" 2>&1
+    grep -E "PASSED|FAILED|ERROR|SKIPPED|passed|failed" "$OUT/gpu_tests_compiled.txt" | tail -10
 else
     echo "unknown part $PART"; exit 2
 fi

@@ -12,7 +12,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_SAMPLE_BYTES = 129  # 128 input bytes: K=4 gives chunks of 32 (> the tiny window of 16)
-SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
+# ../shared/data beside the checkout; PMNET_SHARED_DATA points elsewhere (a GPU machine gets only
+# the repository: carry the books in an ignored folder and point a folder with books/ at it)
+SHARED_DATA = Path(os.environ.get("PMNET_SHARED_DATA") or REPO.parent / "shared" / "data").resolve()
 
 
 def _has_cuda() -> bool:
