@@ -5,7 +5,7 @@ module argument on its identity, so compiling ``read_fast(mod, ...)`` would comp
 per layer (12 times); a function of tensors compiles once per shape and is shared by every
 layer. ``fullgraph=True``: nothing in here breaks a graph (static shapes, fp32 scan).
 
-Math is MODEL.md sections 3-4, unchanged; two rewrites make it cheap:
+Math is MODEL.md sections 3-4, unchanged; three rewrites make it cheap:
 
 * Scores never materialise [B, T, R, N, M]: eager, through
   ``sum_j cos(q_j - k_j) = cos q . cos k + sin q . sin k`` as matmuls
@@ -21,6 +21,10 @@ Math is MODEL.md sections 3-4, unchanged; two rewrites make it cheap:
   per byte). The interchange weights are unchanged:
   ``proj_kv.weight`` rows [0, RM) are the key half, rows [RM, 2RM) the value half
   (head r's values are rows RM + rM .. RM + (r+1)M).
+* The P reads of a level see the same angles ``Phi + S + E_k[g]``: ``level_core`` computes
+  their slot features once per level, fused with ``Phi + S``, and the reads take the features
+  (``read_core``); the write adds its anchors inside its own graph (``write_core``). No
+  [B, T, N, M] fp32 sum round-trips through memory between graphs in forward.
 
 Precision: phase arithmetic (anchors + state, sin/cos, scores, softmax, the scan) is fp32;
 matmul inputs are cast to the weights' dtype (bf16 in training); the phase features enter
