@@ -235,16 +235,18 @@ def scan_core(delta: Tensor, group: Tensor, carried: Tensor, training: bool) -> 
     return s.view(b, t, n, m), state.view(carried.shape)
 
 
+_CORES: dict[str, Callable[..., Any]] = {"read": read_core, "write": write_core, "scan": scan_core, "level": level_core}
+
+
 @functools.cache
 def _compiled(name: str) -> Callable[..., Any]:
-    fns = {"read": read_core, "write": write_core, "scan": scan_core, "level": level_core}
     # the scan's group count differs per level: automatic dynamic shapes settle after 2 compiles
     dynamic = None if name == "scan" else False
-    return torch.compile(fns[name], fullgraph=True, dynamic=dynamic)
+    return torch.compile(_CORES[name], fullgraph=True, dynamic=dynamic)
 
 
 def run(name: str, *args: Any) -> Any:
     """Call core ``name`` (read / write / scan / level), compiled when :func:`set_compiled` said so."""
     if _STATE["compile"] and not torch.compiler.is_compiling():
         return _compiled(name)(*args)
-    return {"read": read_core, "write": write_core, "scan": scan_core, "level": level_core}[name](*args)
+    return _CORES[name](*args)
