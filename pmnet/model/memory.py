@@ -114,14 +114,14 @@ class PhasorMemoryRead(nn.Module):
         self.proj_kv = NormalLinear(2 * m, 2 * r * m, True, std)
         self.proj_out = NormalLinear(r * m, d, True, std)
 
-    def forward(self, h: Tensor, phi: Tensor | None = None, *, features: Tensor | None = None) -> Tensor:
+    def forward(self, h: Tensor, phi: Tensor | None = None, *, prepared: Tensor | None = None) -> Tensor:
         """h [B, T, d], phi [B, T, N, M] fp32 -> [B, T, d].
 
-        ``features``: instead of phi, its slot features from :func:`level_read_input` (the fast
-        path's form shared by the reads of a level; the reference path passes phi itself).
+        ``prepared``: instead of phi, what :func:`level_read_input` made of it for the reads of a
+        level (the fast path: phi's slot features; the reference path: phi itself).
         """
-        if features is not None:
-            return read_fast_features(self, h, features) if self.impl == "fast" else read_reference(self, h, features)
+        if prepared is not None:
+            return read_fast_features(self, h, prepared) if self.impl == "fast" else read_reference(self, h, prepared)
         assert phi is not None
         fn = read_fast if self.impl == "fast" else read_reference
         return fn(self, h, phi)

@@ -117,7 +117,7 @@ class PMNetDecoderLayer(nn.Module):
                     read_mod.impl, phase, res.phi_increment, anchor, read_mod.proj_kv.weight.dtype
                 )
             assert level_read is not None, "a read-only layer needs its level's write layer before it"
-            h = h + self.memory_read_module(h, features=level_read)
+            h = h + self.memory_read_module(h, prepared=level_read)
         h = h + self.mlp(self.post_attention_layernorm(h))
         return h, new_k, new_v, phase, child, state, diag, level_read
 

@@ -145,7 +145,7 @@ def test_level_features_read_matches_reference(with_anchor: bool) -> None:
         mod.impl = impl
         phase, inc, anchor = (x.clone().requires_grad_() for x in leaves)
         new_phase, read_in = level_read_input(impl, phase, inc, anchor if with_anchor else None, torch.float32)
-        out = mod(h, features=read_in)
+        out = mod(h, prepared=read_in)
         loss = (out * w).sum() + torch.sin(new_phase).sum()
         grads = torch.autograd.grad(loss, [phase, inc, anchor], allow_unused=True)
         results.append((out.detach(), new_phase.detach(), grads))
