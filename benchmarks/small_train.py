@@ -1,5 +1,5 @@
 """The small CPU training loop shared by the ablation benchmarks (dropout_ablation.py,
-fast_vs_reference_curve.py): random windows of the FineWeb-Edu head, AdamW, clipping.
+fast_vs_reference_curve.py): random windows of a text (default the FineWeb-Edu head), AdamW, clipping.
 
 Every caller gets the same batches for the same ``data``, ``seq`` and ``batch`` (the batch
 generator is seeded here, independent of the model's seed), so two models differ only in
@@ -19,9 +19,11 @@ TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "web" / "finewe
 "The 1 MB FineWeb-Edu head of ../shared/data/web."
 
 
-def load_text() -> torch.Tensor:
-    """``TEXT`` as int64 bytes."""
-    return torch.tensor(list(TEXT.read_bytes()), dtype=torch.int64)
+def load_text(path: Path | None = None) -> torch.Tensor:
+    """The bytes of ``path`` (a file, or every file of a folder in name order) as int64; None: ``TEXT``."""
+    path = TEXT if path is None else path
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    return torch.tensor(list(b"".join(p.read_bytes() for p in files)), dtype=torch.int64)
 
 
 def train_losses(
