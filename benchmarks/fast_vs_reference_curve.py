@@ -24,14 +24,26 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.small_train import load_text, train_losses
-from pmnet.model import PMNetConfig, PMNetForCausalLM
+from benchmarks.small_train import batches, load_text, train_losses
+from pmnet.model import PMNetConfig, PMNetForCausalLM, lm_loss
+
+
+def _model(impl: str, preset: str, dtype: torch.dtype, device: str) -> PMNetForCausalLM:
+    """The run's model with ``memory_impl=impl``: the same init for both paths (seed 0)."""
+    cfg = PMNetConfig.from_preset(preset, memory_impl=impl, attn_backend="sdpa", attention_dropout=0.0)
+    torch.manual_seed(0)
+    return PMNetForCausalLM(cfg).to(dtype).to(device).train()
+
+
+def _warmup(lr: float) -> Callable[[int], float]:
+    return lambda step: lr * min(1.0, (step + 1) / 20)
 
 
 def curve(
@@ -47,9 +59,7 @@ def curve(
     compile_fast: bool = False,
 ) -> list[float]:
     """Per-step training losses (nats) of ``memory_impl=impl``."""
-    cfg = PMNetConfig.from_preset(preset, memory_impl=impl, attn_backend="sdpa", attention_dropout=0.0)
-    torch.manual_seed(0)
-    model = PMNetForCausalLM(cfg).to(dtype).to(device).train()
+    model = _model(impl, preset, dtype, device)
     if compile_fast and impl == "fast":
         from pmnet.model.compiled import compile_fast_path
 
@@ -61,11 +71,30 @@ def curve(
             print(f"  {impl} step {step + 1}: loss {loss:.4f} ({time.time() - t0:.0f} s)", flush=True)
 
     try:
-        return train_losses(model, data, steps, seq, batch, lambda step: lr * min(1.0, (step + 1) / 20), progress)
+        return train_losses(model, data, steps, seq, batch, _warmup(lr), progress)
     finally:
         from pmnet.model import fused
 
         fused.set_compiled(False)
+
+
+def cross_check(
+    step: int, seq: int, batch: int, dtype: torch.dtype, data: torch.Tensor, preset: str, device: str, lr: float
+) -> dict[str, float]:
+    """Train the reference ``step`` steps; then the loss of batch ``step + 1`` under both paths,
+    both loaded with those weights (nats). Equal losses: a spike of the training trajectory at
+    that batch; different ones: the two forward passes disagree."""
+    ref = _model("reference", preset, dtype, device)
+    train_losses(ref, data, step, seq, batch, _warmup(lr))
+    ids = list(batches(data, step + 1, seq, batch))[-1].to(device)
+    out = {}
+    for impl in ("fast", "reference"):
+        model = _model(impl, preset, dtype, device)
+        model.load_state_dict(ref.state_dict())
+        with torch.no_grad():
+            logits, _ = model(ids[:, :-1])
+            out[impl] = lm_loss(logits, ids[:, 1:]).item()
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,11 +110,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--text", type=Path, default=None, help="training text: a file or a folder (default: FineWeb-Edu head)"
     )
+    ap.add_argument(
+        "--cross-check-at", type=int, default=0, metavar="K",
+        help="instead of the curves: train the reference K steps, then score batch K+1 with both paths from its weights",
+    )  # fmt: skip
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     data = load_text(args.text)
+    if args.cross_check_at > 0:
+        at = args.cross_check_at
+        losses = cross_check(at, args.seq, args.batch, dtype, data, args.preset, args.device, args.lr)
+        print(f"batch {at + 1} with the reference's weights after step {at}: " + ", ".join(
+            f"{impl} {loss:.4f}" for impl, loss in losses.items()))  # fmt: skip
+        if args.json:
+            args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "losses": losses}))
+        return 0
     result = {"args": {k: str(v) for k, v in vars(args).items()}}
     for impl in ("fast", "reference"):
         t0 = time.time()

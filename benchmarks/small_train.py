@@ -8,7 +8,7 @@ what the caller changed.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -26,6 +26,14 @@ def load_text(path: Path | None = None) -> torch.Tensor:
     return torch.tensor(list(b"".join(p.read_bytes() for p in files)), dtype=torch.int64)
 
 
+def batches(data: torch.Tensor, steps: int, seq: int, batch: int) -> Iterator[torch.Tensor]:
+    """The ``steps`` batches of ``train_losses``, [batch, seq + 1] int64 windows of ``data`` (seeded)."""
+    gen = torch.Generator().manual_seed(1234)
+    for _ in range(steps):
+        starts = torch.randint(0, data.numel() - seq - 1, (batch,), generator=gen)
+        yield torch.stack([data[s : s + seq + 1] for s in starts.tolist()])
+
+
 def train_losses(
     model: torch.nn.Module,
     data: torch.Tensor,
@@ -37,14 +45,12 @@ def train_losses(
 ) -> list[float]:
     """Train ``model`` for ``steps`` AdamW steps (lr ``lr_at(step)``, clip 1.0); per-step losses in nats."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr_at(0), betas=(0.9, 0.95), weight_decay=0.1)
-    gen = torch.Generator().manual_seed(1234)
     device = next(model.parameters()).device
     out = []
-    for step in range(steps):
+    for step, ids in enumerate(batches(data, steps, seq, batch)):
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        starts = torch.randint(0, data.numel() - seq - 1, (batch,), generator=gen)
-        ids = torch.stack([data[s : s + seq + 1] for s in starts.tolist()]).to(device)
+        ids = ids.to(device)
         logits, _ = model(ids[:, :-1])
         loss = lm_loss(logits, ids[:, 1:])
         opt.zero_grad(set_to_none=True)
