@@ -9,10 +9,13 @@
 #           TEXT_DIR sharded into 8,193-byte samples, then long-context eval speed / BPB.
 #   curve:  the 119M fast-vs-reference bf16 loss curve over STEPS (default 200 here) steps on TEXT_DIR.
 #   tests:  the slow GPU tests (whole-layer compilation; evaluation, with TEXT_DIR as the books).
+#   restart:  issue 16: seconds to the first step, cold and on a restart with the compile cache.
+#   evalrate: issue 16: long-context evaluation speed call by call (TEXT_DIR: books >= 512 KiB).
+#   agree:    issue 16: flex (GPU) vs sdpa (CPU) per-position BPB, routing flips counted.
 # Usage (GPU machine, wheels of ../shared/gpu/README.md on PYTHONPATH):
-#   bash benchmarks/h200_throughput_call.sh OUT train|launch|tune|curve|tests [TEXT_DIR] [STEPS]
+#   bash benchmarks/h200_throughput_call.sh OUT train|launch|tune|curve|tests|restart|evalrate|agree [TEXT_DIR] [STEPS]
 set -uo pipefail
-OUT="${1:?usage: h200_throughput_call.sh OUT train|launch|tune|curve|tests [TEXT_DIR] [STEPS]}"
+OUT="${1:?usage: h200_throughput_call.sh OUT train|launch|tune|curve|tests|restart|evalrate|agree [TEXT_DIR] [STEPS]}"
 PART="${2:?train or launch}"
 TEXT="${3:-data_pipeline/samples}"
 STEPS="${4:-40}"
@@ -104,6 +107,36 @@ elif [ "$PART" = tests ]; then
     timeout "${MODEL_TESTS_S:-400}" "$PY" -m pytest -v -rA --tb=short -p no:cacheprovider tests/model/test_model_gpu.py \
         tests/model/test_fast_path.py -m gpu -k "compiled or 119m or compile" > "$OUT/gpu_tests_compiled.txt" 2>&1
     grep -E "PASSED|FAILED|ERROR|SKIPPED|passed|failed" "$OUT/gpu_tests_compiled.txt" | tail -10
+elif [ "$PART" = restart ]; then
+    # issue 16: time from process start to the first optimizer step, cold (empty compile cache in
+    # the run directory) and on a restart that resumes from a checkpoint and finds the cache
+    stamp "shard $TEXT"
+    rm -rf /tmp/pmd /tmp/runs && "$PY" tools/shard_dataset.py --input "$TEXT" --output /tmp/pmd --sample-bytes 8193 \
+        --val-fraction 0.02 --no-progress 2>&1 | tail -1
+    common=(configs/pmnet_119m.yaml 'data.streams=[{local: /tmp/pmd, split: train}]' 'data.val_streams=[]'
+            train.max_steps=4 optim.warmup_steps=2 eval.interval=0 checkpoint.interval=100000
+            logging.console_interval=1 logging.log_interval=1 train.run_root=/tmp/runs train.run_name=r119)
+    stamp "cold: steps 1-2, then a checkpoint (train.stop_at_step=2)"
+    timeout -k 20 300 bash launchers/pretrain.sh "${common[@]}" train.stop_at_step=2 > "$OUT/restart_cold.log" 2>&1
+    echo "exit $?"; grep -E "first step done|resumed from|checkpoint saved|^step +[0-9]+" "$OUT/restart_cold.log" | tail -5
+    du -sh /tmp/runs/r119/compile_cache 2>/dev/null
+    stamp "warm restart: resumes at step 2 with the run directory's compile cache"
+    timeout -k 20 240 bash launchers/pretrain.sh "${common[@]}" > "$OUT/restart_warm.log" 2>&1
+    echo "exit $?"; grep -E "first step done|resumed from|^step +[0-9]+" "$OUT/restart_warm.log" | tail -5
+elif [ "$PART" = evalrate ]; then
+    # issue 16: long-context bf16 evaluation speed call by call through the library path
+    stamp "eval rate, 119M bf16 compiled, books in $TEXT"
+    timeout 300 "$PY" benchmarks/eval_rate.py --books "$TEXT" --preset pmnet_119m --dtype bf16 --compile \
+        --lengths "${LENGTHS:-65536,65536,524288,65536}" --json "$OUT/eval_rate.json" > "$OUT/eval_rate_log.txt" 2>&1
+    echo "exit $?"; grep -E "^\||compile=" "$OUT/eval_rate_log.txt"
+elif [ "$PART" = agree ]; then
+    # issue 16: flex on the GPU vs sdpa on the CPU, per position, with routing flips counted
+    for gain in 1 50; do
+        stamp "agreement, write gain $gain"
+        timeout 300 "$PY" benchmarks/eval_device_agreement.py --books "$TEXT" --write-gain $gain \
+            --json "$OUT/agreement_gain$gain.json" > "$OUT/agreement_gain$gain.txt" 2>&1
+        echo "exit $?"; grep -v -i warn "$OUT/agreement_gain$gain.txt" | tail -12
+    done
 else
     echo "unknown part $PART"; exit 2
 fi

@@ -118,6 +118,12 @@ class TrainConfig:
     "Where to train (auto: cuda when available)."
     compile: bool = False
     "torch.compile each decoder layer."
+    compile_cache_dir: str | None = None
+    (
+        "Folder for torch.compile's caches (inductor graphs, AOTAutograd, Triton kernels), kept across restarts "
+        "so a resumed run skips most compilation. null: <run_dir>/compile_cache; '': torch's default "
+        "(/tmp/torchinductor_<user>, lost with the machine); a TORCHINDUCTOR_CACHE_DIR set by the user wins over null."
+    )
     inject_nan_at_steps: list[int] = field(default_factory=list)
     "Test hook: make the last rank's loss NaN at these optimizer steps (1-based; every rank must then skip)."
     stop_at_step: int = 0

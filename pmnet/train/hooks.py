@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import torch
 import torch.nn.functional as F
 
@@ -54,6 +55,11 @@ class MetricsHook:
 
     def on_step_end(self, trainer: Trainer, stats: StepStats) -> None:
         """Accumulate the timing window; write scalars and the console line on their intervals."""
+        if self.w_steps == 0 and stats.step == self.start_step + 1:
+            # process start -> first step done: imports, engine, data, checkpoint load and compilation
+            startup = time.time() - psutil.Process().create_time()
+            LOG.info(f"first step done {startup:.1f} s after the process started")
+            self.writer.scalars({"perf/startup_s": startup}, stats.step)
         self.w_steps += 1
         self.w_bytes += stats.bytes
         self.w_time += stats.step_time

@@ -7,6 +7,7 @@ in ``checkpoint.py``, process groups in ``distributed.py``.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from pmnet.train.loop import Trainer
 from pmnet.train.metrics import LOG, MetricsWriter, measure_peak_tflops, setup_logging
 from pmnet.train.profiling import ProfilerHook
 
-__all__ = ["train", "run_dir_of", "SHAPE_FIELDS"]
+__all__ = ["train", "run_dir_of", "use_compile_cache", "SHAPE_FIELDS"]
 
 # Fields whose change makes old weights unusable (a resume with a new value is refused).
 SHAPE_FIELDS = (
@@ -42,6 +43,8 @@ def train(cfg: Config, env: DistEnv) -> int:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
     torch.manual_seed(cfg.train.seed)
+    if cfg.train.compile:
+        use_compile_cache(cfg, run_dir)
     ds_config = deepspeed_config(cfg, env.world_size)
     model = build_model(cfg, ds_config)
     ckpt = _resumable(run_dir) if cfg.checkpoint.resume else None
@@ -65,6 +68,27 @@ def train(cfg: Config, env: DistEnv) -> int:
         return trainer.fit()
     finally:
         writer.close()
+
+
+def use_compile_cache(cfg: Config, run_dir: Path) -> Path | None:
+    """Point torch.compile's caches at ``train.compile_cache_dir`` (default ``<run_dir>/compile_cache``).
+
+    Inductor keeps compiled graphs, AOTAutograd results and Triton kernels under
+    ``TORCHINDUCTOR_CACHE_DIR`` (read when a compile happens, so setting it before the first
+    compile suffices; Triton's own cache follows it). In the run directory they outlive the
+    machine: a run restarted on another node finds them. Ranks share the folder (inductor writes
+    its entries atomically). Returns the folder, or None when torch's default is kept.
+    """
+    chosen = cfg.train.compile_cache_dir
+    if chosen == "" or (chosen is None and os.environ.get("TORCHINDUCTOR_CACHE_DIR")):
+        return None
+    path = Path(chosen) if chosen else run_dir / "compile_cache"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"train.compile_cache_dir={str(path)!r}: cannot create it ({err.strerror})") from None
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path.resolve())
+    return path
 
 
 def _resumable(run_dir: Path) -> Path | None:
