@@ -30,10 +30,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pmnet.eval import long_context as lc  # noqa: E402
-from pmnet.eval.loading import load_model  # noqa: E402
-from pmnet.model import PMNetConfig, PMNetForCausalLM, save_pretrained  # noqa: E402
-from pmnet.model.memory import PhasorMemoryWrite  # noqa: E402
+from pmnet.eval import long_context as lc
+from pmnet.eval.loading import load_model
+from pmnet.model import PMNetConfig, PMNetForCausalLM, save_pretrained
+from pmnet.model.memory import PhasorMemoryWrite
 
 
 def run(ckpt: Path, books: list[lc.Book], device: str, backend: str, chunk: int, max_bytes: int) -> dict[str, Any]:
@@ -91,8 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--books", type=Path, required=True)
     ap.add_argument("--max-bytes", type=int, default=16384)
     ap.add_argument("--limit", type=int, default=2)
-    ap.add_argument("--write-gain", type=float, default=1.0,
-                    help="scale the writes' q/k projection weights (decisive routing: no near-ties)")
+    ap.add_argument(
+        "--write-gain",
+        type=float,
+        default=1.0,
+        help="scale the writes' q/k projection weights (decisive routing: no near-ties)",
+    )
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
 
@@ -118,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     if "cuda-flex-4k" in runs:
         pairs["cuda-flex-4k vs cuda-sdpa-4k"] = compare(runs["cuda-sdpa-4k"], runs["cuda-flex-4k"])
     print(f"reference cpu-sdpa-16k: mean BPB {ref['mean']:.5f} over {len(books)} books x {args.max_bytes} bytes")
-    print("| vs reference | mean diff | max pos diff | >0.05 | >1e-3 | flips per level | first flip | max diff before |")
+    print(
+        "| vs reference | mean diff | max pos diff | >0.05 | >1e-3 | flips per level | first flip | max diff before |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, c in pairs.items():
         flips = "/".join(str(f["count"]) for f in c["flips"])

@@ -25,9 +25,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pmnet.eval import long_context as lc  # noqa: E402
-from pmnet.eval.loading import load_model  # noqa: E402
-from pmnet.model import PMNetConfig, PMNetForCausalLM, save_pretrained  # noqa: E402
+from pmnet.eval import long_context as lc
+from pmnet.eval.loading import load_model
+from pmnet.model import PMNetConfig, PMNetForCausalLM, save_pretrained
 
 
 def _graphs() -> int:
