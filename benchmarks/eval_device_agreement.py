@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pmnet.eval import long_context as lc
 from pmnet.eval.loading import load_model
+from pmnet.eval.routing import RoutingRecorder
 from pmnet.model import PMNetConfig, PMNetForCausalLM, save_pretrained
 from pmnet.model.memory import PhasorMemoryWrite
 
@@ -39,22 +40,10 @@ from pmnet.model.memory import PhasorMemoryWrite
 def run(ckpt: Path, books: list[lc.Book], device: str, backend: str, chunk: int, max_bytes: int) -> dict[str, Any]:
     """Per-position BPB plus every write's routing and probability margin, concatenated over chunks."""
     model, _ = load_model(ckpt, device=device, attn_backend=backend)
-    records: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
-
-    def hook(mod: torch.nn.Module, _inp: Any, out: Any) -> None:
-        top = out.probs.float().topk(2, dim=-1).values
-        records.setdefault(id(mod), []).append(
-            (out.child_group.cpu().numpy(), (top[..., 0] - top[..., 1]).cpu().numpy())
-        )
-
-    writes = [m for m in model.modules() if isinstance(m, PhasorMemoryWrite)]
-    handles = [m.register_forward_hook(hook) for m in writes]
-    res = lc.evaluate_books(model, books, max_bytes=max_bytes, chunk_bytes=chunk)
-    for h in handles:
-        h.remove()
-    groups = [np.concatenate([g for g, _ in records[id(m)]], axis=1) for m in writes]  # per level [B, T]
-    margins = [np.concatenate([d for _, d in records[id(m)]], axis=1) for m in writes]
-    return {"bpb": res.bpb, "mean": res.mean_bpb, "groups": groups, "margins": margins}
+    with RoutingRecorder(model) as rec:
+        res = lc.evaluate_books(model, books, max_bytes=max_bytes, chunk_bytes=chunk)
+    trace = rec.trace(max_bytes)
+    return {"bpb": res.bpb, "mean": res.mean_bpb, "groups": trace.groups, "margins": trace.margins}
 
 
 def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

@@ -31,6 +31,30 @@ def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_ckpt_decisive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The random tiny model with its writes' q/k projections x50: decisive routing.
+
+    At random init the write softmax is nearly uniform (median top-1/top-2 margin 2.5e-4), so
+    two float implementations route hundreds of positions differently and a comparison of them
+    measures tie-breaking; x50 spreads the phase scores (median margin 2.2e-2), as training
+    does, and leaves a handful of exact ties (benchmarks/eval_device_agreement.py).
+    """
+    from pmnet.model.memory import PhasorMemoryWrite
+
+    torch.manual_seed(0)
+    cfg = PMNetConfig.from_preset("tiny")
+    model = PMNetForCausalLM(cfg)
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, PhasorMemoryWrite):
+                mod.proj_q.weight.mul_(50.0)
+                mod.proj_k.weight.mul_(50.0)
+    out = tmp_path_factory.mktemp("ckpt") / "tiny_decisive"
+    save_pretrained(model, out, cfg)
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_ckpt_nomem(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny shapes without memory (a second model for the copy-paste plot)."""
     torch.manual_seed(1)

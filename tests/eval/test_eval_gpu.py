@@ -7,25 +7,29 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from pmnet.eval import long_context as lc
 from pmnet.eval.copy_paste import evaluate_copy_paste
 from pmnet.eval.loading import load_model
+from tests.eval.agreement import assert_same_model, evaluate_with_routing
 
 pytestmark = pytest.mark.gpu
 
 
-def test_flex_on_gpu_matches_sdpa_on_cpu(tiny_ckpt: Path, shared_data: Path) -> None:
+def test_flex_on_gpu_matches_sdpa_on_cpu(tiny_ckpt_decisive: Path, shared_data: Path) -> None:
+    """The same model on both: float noise, and routing differences only at ties (see agreement.py).
+
+    A per-position bound of 5e-2 over all positions failed on two H200s (0.0564): on the random
+    checkpoint, near-uniform routing flips under any change of float order (GPU sdpa vs CPU sdpa
+    too), and a flipped position differs by up to 0.15 BPB. Measured, not assumed:
+    benchmarks/eval_device_agreement.py; RESULTS.md, issue 16.
+    """
     books, _ = lc.read_books(shared_data / "books", 16384, limit=2)
-    gpu, _ = load_model(tiny_ckpt, device="cuda", attn_backend="flex")
-    cpu, _ = load_model(tiny_ckpt, device="cpu", attn_backend="sdpa")
-    a = lc.evaluate_books(gpu, books, max_bytes=16384, chunk_bytes=4096)
-    b = lc.evaluate_books(cpu, books, max_bytes=16384, chunk_bytes=16384)
-    assert abs(a.mean_bpb - b.mean_bpb) < 1e-3
-    assert np.abs(a.bpb - b.bpb).max() < 5e-2  # hard routing may flip on near-ties at a few positions
+    gpu, _ = load_model(tiny_ckpt_decisive, device="cuda", attn_backend="flex")
+    cpu, _ = load_model(tiny_ckpt_decisive, device="cpu", attn_backend="sdpa")
+    assert_same_model(evaluate_with_routing(cpu, books, 16384, 16384), evaluate_with_routing(gpu, books, 16384, 4096))
 
 
 def test_peak_memory_flat_from_64k_to_512k(tiny_ckpt: Path, shared_data: Path) -> None:

@@ -17,6 +17,7 @@ import torch
 
 from pmnet.eval import long_context as lc
 from pmnet.eval.loading import load_model
+from tests.eval.agreement import assert_same_model, evaluate_with_routing
 from tests.eval.conftest import run_tool
 
 MAX_BYTES = 2048
@@ -122,6 +123,9 @@ def test_library_chunking_and_zero_anchor_levels(tiny_ckpt: Path, books_dir: Pat
     a = lc.evaluate_books(model, books, max_bytes=600, chunk_bytes=600)
     b = lc.evaluate_books(model, books, max_bytes=600, chunk_bytes=150, batch_size=2)
     assert np.abs(a.nll_sum - b.nll_sum).max() < 1e-3
+    # a short last chunk padded to the chunk length (the GPU default: one compiled shape) scores the same
+    padded = lc.evaluate_books(model, books, max_bytes=600, chunk_bytes=250, pad_tail=True)
+    assert np.abs(a.nll_sum - padded.nll_sum).max() < 1e-3
     zero_all = lc.evaluate_with_ablation(model, cfg, books, zero_anchors="all", max_bytes=600, chunk_bytes=600)
     explicit = lc.evaluate_books(model, books, max_bytes=600, chunk_bytes=600, zero_anchor_levels=[0, 1])
     assert np.array_equal(zero_all.nll_sum, explicit.nll_sum)
@@ -141,3 +145,15 @@ def test_errors_are_one_line(tiny_ckpt: Path, books_dir: Path, tmp_path: Path) -
     assert proc.returncode == 1 and "no book" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_tool("eval_long_context.py", "--help")
     assert proc.returncode == 0 and "--zero-anchors" in proc.stdout and "--compare" in proc.stdout
+
+
+def test_eager_and_sdpa_are_the_same_model(tiny_ckpt_decisive: Path, shared_data: Path) -> None:
+    """Two attention backends on the CPU: float noise only, routing differences only at ties.
+
+    The CPU twin of the GPU test of flex vs sdpa (tests/eval/test_eval_gpu.py), with the same check.
+    """
+    torch.set_num_threads(1)
+    books, _ = lc.read_books(shared_data / "books", 8192, limit=2)
+    eager, _ = load_model(tiny_ckpt_decisive, attn_backend="eager")
+    sdpa, _ = load_model(tiny_ckpt_decisive, attn_backend="sdpa")
+    assert_same_model(evaluate_with_routing(sdpa, books, 8192, 8192), evaluate_with_routing(eager, books, 8192, 4096))
