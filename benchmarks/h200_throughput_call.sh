@@ -11,6 +11,7 @@
 #   tests:  the slow GPU tests (whole-layer compilation; evaluation, with TEXT_DIR as the books).
 #   restart:  issue 16: seconds to the first step, cold and on a restart with the compile cache.
 #   evalrate: issue 16: long-context evaluation speed call by call (TEXT_DIR: books >= 512 KiB).
+#   suite:    every GPU-marked test but the whole-layer compilation ones (TEXT_DIR: books).
 #   agree:    issue 16: flex (GPU) vs sdpa (CPU) per-position BPB, routing flips counted.
 # Usage (GPU machine, wheels of ../shared/gpu/README.md on PYTHONPATH):
 #   bash benchmarks/h200_throughput_call.sh OUT train|launch|tune|curve|tests|restart|evalrate|agree [TEXT_DIR] [STEPS]
@@ -137,6 +138,13 @@ elif [ "$PART" = agree ]; then
             --json "$OUT/agreement_gain$gain.json" > "$OUT/agreement_gain$gain.txt" 2>&1
         echo "exit $?"; grep -v -i warn "$OUT/agreement_gain$gain.txt" | tail -12
     done
+elif [ "$PART" = suite ]; then
+    # every GPU-marked test except the whole-layer compilation ones (the "tests" part), books from TEXT_DIR
+    mkdir -p /tmp/shared_data && ln -sfn "$(cd "$TEXT" && pwd)" /tmp/shared_data/books
+    stamp "GPU suite (-m gpu, not whole-layer compilation)"
+    PMNET_SHARED_DATA=/tmp/shared_data timeout "${SUITE_S:-300}" "$PY" -m pytest -q -rA --tb=short -p no:cacheprovider \
+        -m gpu -k "not compiled_decoder_layers" tests > "$OUT/gpu_suite.txt" 2>&1
+    echo "exit $?"; grep -E "^(PASSED|FAILED|ERROR)|passed|failed" "$OUT/gpu_suite.txt" | tail -40
 else
     echo "unknown part $PART"; exit 2
 fi
