@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def _pick(path: str) -> Path:
     p = Path(path)
-    from pmnet.train.manifest import checkpoints_root, parse_step
+    from pmnet.checkpoint.manifest import checkpoints_root, parse_step
 
     root = checkpoints_root(p)
     if p.is_dir() and not any(p.glob("*model_states.pt")) and root.is_dir():
@@ -66,9 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if bool(args.ckpt) == bool(args.compare):
         p.error("give either CKPT or --compare A B")
-    from pmnet.train.audit import audit_checkpoint, compare_checkpoints
-    from pmnet.train.manifest import CheckpointError
-    from pmnet.train.ptread import PtReadError
+    from pmnet.checkpoint.audit import audit_checkpoint, compare_checkpoints
+    from pmnet.checkpoint.manifest import CheckpointError
+    from pmnet.checkpoint.ptread import PtReadError
 
     try:
         if args.compare:

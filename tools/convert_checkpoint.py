@@ -55,11 +55,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from pmnet.train.manifest import CheckpointError
+    from pmnet.checkpoint.manifest import CheckpointError
 
     try:
         if args.cmd == "interchange":
-            from pmnet.train.convert import convert_to_interchange
+            from pmnet.checkpoint.convert import convert_to_interchange
 
             res = convert_to_interchange(args.ckpt, args.out, dtype=args.dtype, max_shard_size=args.max_shard_size,
                                          force=args.force, config_path=args.config, verify=not args.no_verify)  # fmt: skip
@@ -69,15 +69,15 @@ def main(argv: list[str] | None = None) -> int:
                     f"from ZeRO-{res.zero_stage} on {res.world_size} rank(s), step {res.step})")  # fmt: skip
             text += "".join(f"\nnote: {n}" for n in res.notes)
         elif args.cmd == "universal":
-            from pmnet.train.convert import make_universal
-            from pmnet.train.resume import check_elastic
+            from pmnet.checkpoint.convert import make_universal
+            from pmnet.checkpoint.resume import check_elastic
 
             notes = check_elastic(args.ckpt, args.world_size, args.micro_batch_size, args.global_batch_size)
             dest = make_universal(args.ckpt, workers=args.workers, force=args.force)
             out = {"universal": str(dest), "data_stream": notes}
             text = f"wrote {dest}\n" + "\n".join(notes["lines"])
         else:
-            from pmnet.train.resume import check_interchange
+            from pmnet.checkpoint.resume import check_interchange
 
             out = check_interchange(args.dir, args.config)
             text = (f"{out['dir']}: {out['num_parameters']:,} parameters, config ok\n"

@@ -26,8 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-hashes", action="store_true", help="check sizes only, skip sha256 (fast, weaker)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     args = p.parse_args(argv)
-    from pmnet.train.manifest import CheckpointError
-    from pmnet.train.resume import resume_report
+    from pmnet.checkpoint.manifest import CheckpointError
+    from pmnet.checkpoint.resume import resume_report
 
     try:
         rep = resume_report(args.run_dir, check_only=args.check_only, verify_hashes=not args.no_hashes)

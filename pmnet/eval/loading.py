@@ -3,7 +3,7 @@
 Evaluation tools take ``CKPT`` = an interchange directory (``config.json`` +
 ``model.safetensors``, MODEL.md section 7). A training run directory or one DeepSpeed
 checkpoint directory is accepted too: it is converted into a temporary interchange
-directory with the library converter ``pmnet.train.convert.convert_to_interchange``
+directory with the library converter ``pmnet.checkpoint.convert.convert_to_interchange``
 (streaming, bounded memory), which also picks a run's newest valid checkpoint.
 """
 
@@ -49,7 +49,7 @@ def _is_interchange(path: Path) -> bool:
 def resolve_checkpoint(path: str | Path) -> Path:
     """An interchange directory for ``path``; a run / DeepSpeed checkpoint is converted to a temp dir.
 
-    A run directory resolves to its newest valid checkpoint (``pmnet.train.convert`` decides
+    A run directory resolves to its newest valid checkpoint (``pmnet.checkpoint.convert`` decides
     which, skipping incomplete or corrupt ones).
     """
     p = Path(path)
@@ -60,7 +60,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if _is_interchange(p):
         return p
     try:
-        from pmnet.train.convert import convert_to_interchange
+        from pmnet.checkpoint.convert import convert_to_interchange
     except ImportError:
         raise EvalError(
             f"{p} is not an interchange directory (config.json + model.safetensors); "

@@ -192,3 +192,11 @@ PRESETS: dict[str, PMNetConfig] = {
         memory_write_period=2,
     ),
 }
+
+
+WEIGHT_SHAPE_FIELDS = (
+    "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "head_dim", "vocab_size",
+    "memory_size", "num_memory", "num_memory_read_heads", "memory_write_period", "use_memory", "tie_word_embeddings",
+)  # fmt: skip
+"""Config fields whose change makes existing weights unusable: a resume, ``train.init_from`` or an
+interchange import with another value is refused."""

@@ -15,7 +15,7 @@ incomplete and removed by the next successful save.
 
 ``load_checkpoint`` (collective) refuses a changed model shape in one line, loads the engine
 (through the checkpoint's ``universal/`` copy when the world size changed, see
-``pmnet.train.convert.make_universal``), and restores this rank's RNG states. Our own torch
+``pmnet.checkpoint.convert.make_universal``), and restores this rank's RNG states. Our own torch
 files are read with ``weights_only=True`` (DeepSpeed reads its own files itself).
 """
 
@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pmnet.train.manifest import (
+from pmnet.checkpoint.manifest import (
     CONFIG,
     FORMAT,
     MANIFEST,
@@ -56,8 +56,9 @@ from pmnet.train.manifest import (
     utc_now,
     write_latest,
 )
-from pmnet.train.manifest import find_latest_valid as _find_latest_valid
-from pmnet.train.version import code_version
+from pmnet.checkpoint.manifest import find_latest_valid as _find_latest_valid
+from pmnet.checkpoint.version import code_version
+from pmnet.model.config import WEIGHT_SHAPE_FIELDS
 
 __all__ = [
     "CheckpointError",
@@ -71,14 +72,8 @@ __all__ = [
     "scan_checkpoints",
 ]
 
+
 # Model config fields that change parameter shapes (a resume with any of them changed is refused).
-SHAPE_KEYS = (
-    "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "head_dim",
-    "vocab_size", "memory_size", "num_memory", "num_memory_read_heads", "memory_write_period",
-    "tie_word_embeddings", "use_memory",
-)  # fmt: skip
-
-
 @dataclass
 class LoadedCheckpoint:
     """What :func:`load_checkpoint` restored besides the engine."""
@@ -333,7 +328,7 @@ def apply_retention(
     every multiple of ``keep_every``, the one ``latest`` names and ``protect``. Also removes stale temporary
     directories (and those of a universal conversion that crashed over 6 hours ago), and checkpoints of later steps than ``current`` that are not valid (left by an abandoned
     attempt, e.g. the corrupt one a resume skipped); valid later ones are left alone. Returns deleted names."""
-    from pmnet.train.manifest import check_checkpoint
+    from pmnet.checkpoint.manifest import check_checkpoint
 
     root = Path(root)
     keep = set(protect or ())
@@ -396,7 +391,7 @@ def _check_shapes(ckpt: Path, meta: dict[str, Any], saved_cfg: dict[str, Any], e
     if cur_cfg is not None and saved_model:
         diffs = [
             f"{k} {saved_model[k]} -> {getattr(cur_cfg, k)}"
-            for k in SHAPE_KEYS
+            for k in WEIGHT_SHAPE_FIELDS
             if k in saved_model and hasattr(cur_cfg, k) and saved_model[k] != getattr(cur_cfg, k)
         ]
         if diffs:

@@ -269,7 +269,7 @@ class Trainer:
     # ---- checkpoint contents -------------------------------------------------
     def trainer_state(self) -> dict[str, Any]:
         """Everything besides engine and data that a resume needs, plus facts for audits."""
-        from pmnet.train.version import code_version
+        from pmnet.checkpoint.version import code_version
 
         t = self.cfg.train
         return {

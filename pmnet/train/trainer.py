@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from pmnet.config import Config, ConfigError, save_config
+from pmnet.model.config import WEIGHT_SHAPE_FIELDS
 from pmnet.train.distributed import DistEnv, barrier
 from pmnet.train.engine import build_engine, build_model, deepspeed_config
 from pmnet.train.hooks import CheckpointHook, EvalHook, MetricsHook
@@ -21,13 +22,7 @@ from pmnet.train.loop import Trainer
 from pmnet.train.metrics import LOG, MetricsWriter, measure_peak_tflops, setup_logging
 from pmnet.train.profiling import ProfilerHook
 
-__all__ = ["train", "run_dir_of", "use_compile_cache", "SHAPE_FIELDS"]
-
-# Fields whose change makes old weights unusable (a resume with a new value is refused).
-SHAPE_FIELDS = (
-    "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "head_dim", "vocab_size",
-    "memory_size", "num_memory", "num_memory_read_heads", "memory_write_period", "use_memory", "tie_word_embeddings",
-)  # fmt: skip
+__all__ = ["train", "run_dir_of", "use_compile_cache"]
 
 
 def run_dir_of(cfg: Config) -> Path:
@@ -126,7 +121,7 @@ def load_init_weights(model: torch.nn.Module, cfg: Config) -> None:
         check_state_dict(sd, cfg.model, where=str(path))
     except (OSError, ValueError, InterchangeError) as err:
         raise ConfigError(f"train.init_from={str(path)!r}: {err}") from None
-    for key in SHAPE_FIELDS:
+    for key in WEIGHT_SHAPE_FIELDS:
         if getattr(src, key) != getattr(cfg.model, key):
             raise ConfigError(
                 f"train.init_from={str(path)!r}: has {key}={getattr(src, key)!r}, config model.{key}={getattr(cfg.model, key)!r}"

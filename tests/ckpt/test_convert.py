@@ -41,8 +41,8 @@ def test_zero2_bf16_matches_zero_to_fp32_and_shards(z2_run, tmp_path: Path) -> N
     """fp32 output is bit-identical to DeepSpeed's zero_to_fp32; bf16 output is its rounding, in shards + index."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
+    from pmnet.checkpoint.convert import convert_to_interchange
     from pmnet.model import load_pretrained, read_weights
-    from pmnet.train.convert import convert_to_interchange
 
     ckpt = z2_run.ckpt(4)
     convert_to_interchange(ckpt, tmp_path / "fp32")
@@ -65,7 +65,7 @@ def test_zero2_bf16_matches_zero_to_fp32_and_shards(z2_run, tmp_path: Path) -> N
 def test_converter_never_imports_torch(z2_run, tmp_path: Path) -> None:
     """The streaming path reads zip members with numpy only (torch's import alone is ~650 MB RSS)."""
     code = (
-        "import sys; from pmnet.train.convert import convert_to_interchange as c; "
+        "import sys; from pmnet.checkpoint.convert import convert_to_interchange as c; "
         f"c({str(z2_run.ckpt(2))!r}, {str(tmp_path / 'o')!r}); "
         "assert 'torch' not in sys.modules and 'deepspeed' not in sys.modules, 'torch imported'"
     )
@@ -91,7 +91,7 @@ def test_cli_errors_are_one_line(z2_run, tmp_path: Path) -> None:
 
 
 def test_compare_checkpoint_with_its_export(z2_run, tmp_path: Path) -> None:
-    from pmnet.train.convert import convert_to_interchange
+    from pmnet.checkpoint.convert import convert_to_interchange
 
     convert_to_interchange(z2_run.ckpt(4), tmp_path / "e")
     p = run_tool("tools/audit_checkpoint.py", "--compare", str(z2_run.ckpt(4)), str(tmp_path / "e"), "--json")

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from pmnet.train.checkpoint import apply_retention
-from pmnet.train.manifest import (
+from pmnet.checkpoint.manifest import (
     CheckpointError,
     check_checkpoint,
     find_latest_valid,
@@ -21,7 +20,8 @@ from pmnet.train.manifest import (
     step_name,
     write_latest,
 )
-from pmnet.train.ptread import PtFile, fp32_to_bf16_bits
+from pmnet.checkpoint.ptread import PtFile, fp32_to_bf16_bits
+from pmnet.train.checkpoint import apply_retention
 
 
 def fake_ckpt(root: Path, step: int, *, world: int = 1) -> Path:

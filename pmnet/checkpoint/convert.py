@@ -2,7 +2,7 @@
 
 ``convert_to_interchange`` streams: it reads only the fp32 master partitions of the
 optimizer files (never the Adam moments), one tensor at a time straight from the zip
-members (:mod:`pmnet.train.ptread`, no torch import), and writes each tensor into a
+members (:mod:`pmnet.checkpoint.ptread`, no torch import), and writes each tensor into a
 safetensors file whose header is planned up front. Peak memory is the Python baseline plus
 the largest tensor, far below one fp32 copy of the model (DeepSpeed's zero_to_fp32 holds
 the merged model and more). Above ``max_shard_size`` the output is split into
@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from pmnet.train.manifest import (
+from pmnet.checkpoint.manifest import (
     CONFIG,
     MANIFEST,
     META,
@@ -41,7 +41,7 @@ from pmnet.train.manifest import (
     list_files,
     read_json,
 )
-from pmnet.train.ptread import DTYPES, PtFile, PtReadError, Stub, TensorRef, fp32_to_bf16_bits
+from pmnet.checkpoint.ptread import DTYPES, PtFile, PtReadError, Stub, TensorRef, fp32_to_bf16_bits
 
 __all__ = [
     "INTERCHANGE_FIELDS",

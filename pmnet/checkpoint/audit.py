@@ -25,8 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from pmnet.families import param_family
-from pmnet.train.manifest import (
+from pmnet.checkpoint.manifest import (
     CONFIG,
     MANIFEST,
     META,
@@ -40,7 +39,8 @@ from pmnet.train.manifest import (
     sha256_file,
     zip_crc_problem,
 )
-from pmnet.train.ptread import DTYPES, PtFile, PtReadError, TensorRef
+from pmnet.checkpoint.ptread import DTYPES, PtFile, PtReadError, TensorRef
+from pmnet.families import param_family
 
 __all__ = ["AuditReport", "Check", "audit_checkpoint", "compare_checkpoints", "param_family"]
 
@@ -182,7 +182,7 @@ def check_tensors(ckpt: Path, report: AuditReport) -> dict[str, Any]:
 
 def check_shapes(ckpt: Path, cfg_model: dict[str, Any], report: AuditReport) -> dict[str, tuple[int, ...]]:
     """Compare the checkpoint's parameter shapes with those the saved config implies."""
-    from pmnet.train.convert import plan_deepspeed
+    from pmnet.checkpoint.convert import plan_deepspeed
 
     try:
         plan, files, _ = plan_deepspeed(ckpt)
@@ -321,7 +321,7 @@ def family_norms(ckpt_or_dir: Path) -> tuple[dict[str, float], dict[str, float]]
 
 def iter_weights(path: Path) -> Any:
     """Yield (name, flat fp32 array) from a DeepSpeed checkpoint or an interchange directory."""
-    from pmnet.train.convert import _materialize, plan_deepspeed
+    from pmnet.checkpoint.convert import _materialize, plan_deepspeed
 
     if any(path.glob("*model_states.pt")):
         plan, files, _ = plan_deepspeed(path)

@@ -9,7 +9,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from pmnet.train.manifest import (
+from pmnet.checkpoint.manifest import (
     CONFIG,
     META,
     CheckpointError,
@@ -94,7 +94,7 @@ def check_elastic(
     the global batch must also split into whole micro batches on the new ranks. Raises
     CheckpointError (one line) when a given setting breaks that; returns the explanation.
     """
-    from pmnet.train.convert import resolve_checkpoint
+    from pmnet.checkpoint.convert import resolve_checkpoint
 
     ckpt = resolve_checkpoint(ckpt_dir)
     meta = read_json(ckpt / META) if (ckpt / META).is_file() else {}
@@ -116,7 +116,7 @@ def check_elastic(
         )
     loader = None
     if (ckpt / rank_file(0)).is_file():
-        from pmnet.train.ptread import PtFile, PtReadError
+        from pmnet.checkpoint.ptread import PtFile, PtReadError
 
         try:
             with PtFile(ckpt / rank_file(0)) as pf:
