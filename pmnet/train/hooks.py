@@ -18,7 +18,7 @@ import psutil
 import torch
 import torch.nn.functional as F
 
-from pmnet.config import Config
+from pmnet.config import Config, dump_config
 from pmnet.train.distributed import DistEnv, all_reduce_sum
 from pmnet.train.loop import StepStats, Trainer
 from pmnet.train.metrics import LOG, MetricsWriter, format_duration, memory_scalars, progress_line
@@ -26,6 +26,23 @@ from pmnet.train.metrics import LOG, MetricsWriter, format_duration, memory_scal
 __all__ = ["CheckpointHook", "EvalHook", "MetricsHook"]
 
 LN2 = math.log(2)
+
+
+def hyperparameters(cfg: Config, world_size: int) -> dict[str, Any]:
+    """The settings that tell runs apart, flat (``section.key``), for TensorBoard's HParams tab."""
+    m, t, o = cfg.model, cfg.train, cfg.optim
+    return {
+        "model.parameters": m.num_parameters(),
+        "model.hidden_size": m.hidden_size, "model.num_hidden_layers": m.num_hidden_layers,
+        "model.sliding_window": m.sliding_window, "model.use_memory": m.use_memory,
+        "model.memory_cumsum": m.memory_cumsum, "model.attention_dropout": m.attention_dropout,
+        "data.sample_bytes": cfg.data.sample_bytes, "train.tbptt_chunks": t.tbptt_chunks,
+        "train.global_batch_size": t.global_batch_size, "train.micro_batch_size": t.micro_batch_size,
+        "train.max_steps": t.max_steps, "train.precision": t.precision, "train.seed": t.seed,
+        "optim.lr": o.lr, "optim.schedule": o.schedule, "optim.warmup_steps": o.warmup_steps,
+        "optim.weight_decay": o.weight_decay, "deepspeed.zero_stage": cfg.deepspeed.zero_stage,
+        "world_size": world_size,
+    }  # fmt: skip
 
 
 class MetricsHook:
@@ -45,6 +62,8 @@ class MetricsHook:
         """Say what is about to run."""
         self.t_start = time.perf_counter()
         self.start_step = trainer.state.step
+        self.writer.text("config", dump_config(self.cfg))
+        self.writer.hparams(hyperparameters(self.cfg, self.env.world_size), ["train/bpb", "eval/bpb"])
         peak = f"{self.peak:.1f} TFLOP/s per device" if self.peak else "none (MFU not logged)"
         LOG.info(
             f"training {self.cfg.model.num_parameters():,} parameters, {self.flops_per_byte:.3g} training FLOPs/byte, "

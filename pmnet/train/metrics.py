@@ -127,6 +127,21 @@ class MetricsWriter:
         if self._tb is not None:
             self._tb.add_text(tag, f"```\n{text}\n```", global_step=0)
 
+    def hparams(self, params: dict[str, Any], metrics: list[str]) -> None:
+        """The run's hyperparameters for TensorBoard's HParams tab, in this run's own event file.
+
+        ``metrics`` name scalar tags of the run (their values are read from the run itself).
+        ``SummaryWriter.add_hparams`` would write a second run in a sub-directory instead.
+        """
+        if self._tb is None:
+            return
+        from torch.utils.tensorboard.summary import hparams
+
+        clean = {k: v if isinstance(v, bool | int | float | str) else str(v) for k, v in params.items()}
+        writer = self._tb._get_file_writer()
+        for summary in hparams(clean, dict.fromkeys(metrics, 0.0)):
+            writer.add_summary(summary)
+
     def flush(self) -> None:
         """Push buffered events to disk."""
         if self._tb is not None:

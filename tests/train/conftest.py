@@ -128,6 +128,21 @@ def read_scalars(tb_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
+def read_run_info(tb_dir: Path) -> tuple[str, dict[str, object]]:
+    """The resolved config text and the HParams-tab hyperparameters a run wrote to TensorBoard."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    acc = EventAccumulator(str(tb_dir))
+    acc.Reload()
+    text = acc.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
+    raw = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    start = plugin_data_pb2.HParamsPluginData.FromString(raw).session_start_info
+    values = {k: v.number_value if v.HasField("number_value") else v.string_value if v.HasField("string_value")
+              else v.bool_value for k, v in start.hparams.items()}  # fmt: skip
+    return text, values
+
+
 def model_weights(ckpt: Path) -> dict:
     """The module weights DeepSpeed saved in a checkpoint directory (fp32 runs: the exact weights)."""
     import torch

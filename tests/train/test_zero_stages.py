@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.train.conftest import base_overrides, free_port, launch_env, pretrain_cmd, read_scalars, run_launch
+from tests.train.conftest import (
+    base_overrides,
+    free_port,
+    launch_env,
+    pretrain_cmd,
+    read_run_info,
+    read_scalars,
+    run_launch,
+)
 
 FAMILIES = ("attention", "mlp", "memory_write", "memory_read", "anchors", "embedding", "norms")
 EXPECTED = [
@@ -61,5 +69,9 @@ def test_zero_stage_trains_on_two_cpu_ranks(shards: Path, tmp_path: Path, stage:
         assert not missing, f"missing TensorBoard scalars: {missing}"
         assert "perf/gpu_mem_gb" not in scalars  # CPU run: resident memory instead
         assert scalars["train/bytes_seen"][-1][1] == steps * 8 * 128
+        config_text, hparams = read_run_info(run / "tb")
+        assert "zero_stage: 2" in config_text and "tbptt_chunks: 4" in config_text
+        assert hparams["deepspeed.zero_stage"] == 2 and hparams["train.tbptt_chunks"] == 4
+        assert hparams["world_size"] == 2 and hparams["optim.schedule"] == "cosine"
     assert (run / "checkpoints" / f"step_{steps:08d}" / "manifest.json").is_file()
     assert "training ended (finished)" in (run / "train.log").read_text()
