@@ -28,11 +28,12 @@ echo "== 2/3 train the tiny preset on CPU (configs/demo.yaml)"
 rm -rf "$RUN"
 bash launchers/pretrain.sh configs/demo.yaml --cpu-ranks 1 --master-port "${MASTER_PORT:-29517}" "$@"
 
-echo "== 3/3 evaluate"
+echo "== 3/3 evaluate (validation BPB; BPB by position on a shipped book; a PNG of both)"
 BPB=$(grep -o 'eval at step [0-9]*: val bpb [0-9.]*' "$RUN/train.log" | tail -1 || true)
 FIRST=$(grep -o 'eval at step [0-9]*: val bpb [0-9.]*' "$RUN/train.log" | head -1 || true)
 echo "validation (held-out documents): ${FIRST:-?}  ->  ${BPB:-?}"
 echo "(a byte-uniform model scores 8 bits per byte; the tiny model learns the byte statistics)"
+"$PY" -m pmnet.eval.report "$RUN" --books data_pipeline/books --max-bytes 16384 2>&1 | grep -v -i warn
 echo
 echo "done in $(( $(date +%s) - START )) s."
 echo "run directory:    $RUN (config.yaml, train.log, checkpoints/)"

@@ -43,6 +43,14 @@ def test_init_from_and_shape_refusals(shards: Path, tmp_path: Path) -> None:
     for key, want in src.state_dict().items():
         assert torch.allclose(got[key].float(), want, atol=1e-6), key
 
+    # the run report (the demo's closing picture) from the run directory: BPB curves + a shipped book
+    rep = subprocess.run([sys.executable, "-m", "pmnet.eval.report", str(tmp_path / "init"), "--books",
+                          "data_pipeline/books", "--max-bytes", "2048", "--chunk-bytes", "1024"], cwd=REPO,
+                         env=launch_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert rep.returncode == 0, rep.stderr[-3000:]
+    png = tmp_path / "init" / "report.png"
+    assert f"report: {png}" in rep.stdout and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
     # resuming that run directory with another model shape is refused
     _one_error_line(_train([*ov, "model.hidden_size=32"]), "hidden_size")
 
