@@ -84,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     model, cfg = load_model(
         args.ckpt, device=device, dtype=args.dtype, attn_backend=args.attn_backend, compile=args.compile
     )
-    common = dict(max_bytes=args.max_bytes, chunk_bytes=args.chunk_bytes, batch_size=args.batch_size)
+    common = dict(max_bytes=args.max_bytes, chunk_bytes=args.chunk_bytes, batch_size=args.batch_size, progress=True)
     print(
         f"evaluating {len(books)} book(s) x {args.max_bytes:,} bytes on {device} ({args.dtype}), chunks of {args.chunk_bytes:,}",
         file=sys.stderr,

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from pmnet.eval.loading import EvalError, ablation_changes, make_variant
 
@@ -137,6 +138,7 @@ def evaluate_books(
     label: str = "model",
     memory_marks: Sequence[int] = MEMORY_MARKS,
     pad_tail: bool | None = None,
+    progress: bool = False,
 ) -> LongContextResult:
     """Per-position NLL of the first ``max_bytes`` bytes of every book, fed in chunks with state.
 
@@ -144,6 +146,7 @@ def evaluate_books(
     attention and compiled graphs specialise on the length, and compiling a new one for each
     tail length cost 9-50 s per call on the H200 (64 KiB = 2 chunks + 4,096 bytes) against
     0.17 s for a chunk. On the CPU, where nothing is specialised, the padding would be waste.
+    ``progress`` shows a bar of bytes scored on a terminal (tqdm, on stderr).
     """
     if chunk_bytes < 1 or max_bytes < 1:
         raise EvalError("--chunk-bytes and --max-bytes must be >= 1")
@@ -159,6 +162,7 @@ def evaluate_books(
     state_bytes = 0
     marks = sorted({m for m in memory_marks if m <= max_bytes} | {max_bytes})
     start_time = time.perf_counter()
+    bar = tqdm(total=len(books) * max_bytes, unit="B", unit_scale=True, desc=label, disable=None if progress else True)
     for b0 in range(0, len(books), batch_size):
         group = books[b0 : b0 + batch_size]
         rows = [np.frombuffer(bytes([BOS]) + bk.data[:max_bytes], dtype=np.uint8) for bk in group]
@@ -180,6 +184,7 @@ def evaluate_books(
             ).view(len(group), -1)
             acc[start:stop] += nll.double().sum(0)
             del logits, nll
+            bar.update(len(group) * (stop - start))
             if b0 == 0:  # memory marks are read on the first batch (later batches repeat it)
                 for m in marks:
                     if start < m <= stop:
@@ -189,6 +194,7 @@ def evaluate_books(
         nll_sum += acc.cpu().numpy()
         if state is not None and hasattr(state, "num_bytes"):
             state_bytes = state.num_bytes()
+    bar.close()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return LongContextResult(
