@@ -380,18 +380,30 @@ def validate_config(cfg: Config, world_size: int | None = None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m pmnet.config [--help-config] [CONFIG] [a.b=value ...]``: print the resolved YAML."""
+    import argparse
     import sys
 
     from pmnet.configtree import format_help
 
-    args = list(sys.argv[1:] if argv is None else argv)
-    if "--help-config" in args or "-h" in args or "--help" in args:
+    p = argparse.ArgumentParser(
+        prog="python -m pmnet.config",
+        description="Print the resolved config (YAML) of CONFIG with overrides, as a run would save it.",
+        epilog="Example: python -m pmnet.config configs/pmnet_119m.yaml train.max_steps=100 deepspeed.zero_stage=3",
+    )
+    p.add_argument("config", nargs="?", metavar="CONFIG", help="YAML file (default: the built-in defaults)")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="overrides, applied in order")
+    p.add_argument("--help-config", action="store_true", help="list every field with its type, default and doc")
+    args = p.parse_args(argv)
+    if args.help_config:
         print("Config fields (section.key (type, default): doc). Override any with section.key=value.")
         print(format_help(Config))
         return 0
-    path = args.pop(0) if args and "=" not in args[0] else None
+    overrides = list(args.overrides)
+    if args.config and "=" in args.config:  # no file, only overrides
+        overrides.insert(0, args.config)
+        args.config = None
     try:
-        cfg = load_config(path, args)
+        cfg = load_config(args.config, overrides)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -55,10 +55,18 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 def _type_name(tp: Any) -> str:
+    """A type as a reader writes it: ``int | None``, ``list[StreamConfig]``, ``Literal['a', 'b']``."""
     if tp is type(None):
         return "null"
-    if isinstance(tp, type) and not typing.get_args(tp):
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if isinstance(tp, type) and not args:
         return tp.__name__
+    if origin is typing.Literal:
+        return f"Literal[{', '.join(map(repr, args))}]"
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    if origin is not None and args:
+        return f"{getattr(origin, '__name__', str(origin))}[{', '.join(_type_name(a) for a in args)}]"
     return str(tp).replace("typing.", "")
 
 
@@ -251,4 +259,7 @@ def format_help(cls: type, prefix: str = "") -> str:
         else:
             default = to_dict(getattr(default_obj, f.name))
             lines.append(f"  {name} ({_type_name(tp)}, default {default!r}): {docs.get(f.name, '')}")
+            item = typing.get_args(tp)[0] if typing.get_origin(tp) is list and typing.get_args(tp) else None
+            if _is_dataclass_type(item):  # the fields of each list entry, e.g. a data stream
+                lines.append(format_help(item, f"  {name}[]."))
     return "\n".join(lines)

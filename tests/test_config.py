@@ -192,3 +192,15 @@ def test_help_lists_every_field_with_its_doc() -> None:
         line = next((ln for ln in lines if ln.strip().startswith(name + " (")), None)
         assert line is not None, name
         assert line.rstrip().split("): ", 1)[1], f"{name} has no doc"
+    # list entries document their own fields (a data stream's local / remote / proportion / split)
+    for key in ("local", "remote", "proportion", "split"):
+        line = next((ln for ln in lines if ln.strip().startswith(f"data.streams[].{key} (")), None)
+        assert line is not None and line.rstrip().split("): ", 1)[1], key
+    assert "__main__" not in proc.stdout and "list[StreamConfig]" in proc.stdout
+
+
+def test_help_prints_usage() -> None:
+    proc = subprocess.run([sys.executable, "-m", "pmnet.config", "--help"], capture_output=True, text=True, cwd=REPO,
+                          timeout=120)  # fmt: skip
+    assert proc.returncode == 0 and proc.stdout.startswith("usage: python -m pmnet.config")
+    assert "--help-config" in proc.stdout and "CONFIG" in proc.stdout
