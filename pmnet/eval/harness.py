@@ -10,9 +10,10 @@ command line through it::
 Python: ``import pmnet.eval.harness`` then ``lm_eval.simple_evaluate(model="pmnet", ...)``.
 
 ``model_args``: ``pretrained`` (an interchange folder, the released model's folder, a run
-directory or a DeepSpeed checkpoint: as tools/eval_long_context.py), ``device`` (auto),
-``dtype`` (fp32 | bf16), ``chunk_bytes`` (bytes per forward, default 4096), ``max_gen_bytes``
-(default 256), ``compile`` (CUDA only).
+directory or a DeepSpeed checkpoint: as tools/eval_long_context.py), ``dtype`` (fp32 | bf16),
+``chunk_bytes`` (bytes per forward, default 4096), ``max_gen_bytes`` (default 256), ``compile``
+(CUDA only). The device is lm_eval's ``--device`` (its default ``cuda:0`` falls back to the CPU,
+with a warning, on a machine without CUDA).
 
 Scoring streams each text through the model with the carried state (MODEL.md section 5):
 
@@ -30,6 +31,7 @@ Requests run one at a time (each row of a batch would be its own stream).
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from typing import Any
 
@@ -46,6 +48,7 @@ from pmnet.model.state import PMNetState
 __all__ = ["PMNetLM", "main"]
 
 BOS = 254
+LOG = logging.getLogger(__name__)
 
 
 def _as_bool(v: Any) -> bool:
@@ -68,6 +71,9 @@ class PMNetLM(LM):
         **kwargs: Any,
     ) -> None:
         super().__init__()
+        if device and device.startswith("cuda") and not torch.cuda.is_available():
+            LOG.warning("pmnet: --device %s but no CUDA GPU is visible; running on the CPU", device)
+            device = "cpu"
         self._device = pick_device(device or "auto")
         self.model, self.cfg = load_model(pretrained, device=self._device, dtype=dtype, compile=_as_bool(compile))
         self.chunk_bytes = int(chunk_bytes)
