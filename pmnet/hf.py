@@ -137,7 +137,9 @@ class PMNetHFConfig(PretrainedConfig):
     def to_pmnet(self, **overrides: Any) -> PMNetConfig:
         """The pmnet.model configuration; a value PMNet cannot honour is refused (one line naming the key)."""
         data = {k: v for k, v in self.to_dict().items() if not k.startswith("_")}
-        return config_from_interchange(data, where=f"{MODEL_TYPE} config", **overrides)
+        src = getattr(self, "_name_or_path", "")
+        where = f"{src}/config.json" if src else f"{MODEL_TYPE} config"
+        return config_from_interchange(data, where=where, **overrides)
 
 
 @dataclasses.dataclass

@@ -32,6 +32,7 @@ Requests run one at a time (each row of a batch would be its own stream).
 from __future__ import annotations
 
 import logging
+import sys
 from collections import defaultdict
 from typing import Any
 
@@ -41,6 +42,7 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
+from pmnet.eval.cli import run_cli
 from pmnet.eval.generate import generate
 from pmnet.eval.loading import load_model, pick_device
 from pmnet.model.state import PMNetState
@@ -68,9 +70,15 @@ class PMNetLM(LM):
         max_gen_bytes: int | str = 256,
         compile: bool | str = False,
         batch_size: int | str | None = None,  # lm_eval passes it; requests run one at a time
-        **kwargs: Any,
+        max_batch_size: int | str | None = None,
+        **unknown: Any,
     ) -> None:
         super().__init__()
+        if unknown:
+            raise ValueError(
+                f"pmnet model_args: unknown {', '.join(sorted(unknown))} (known: pretrained, dtype, chunk_bytes, "
+                "max_gen_bytes, compile; the device is lm_eval's --device)"
+            )
         if device and device.startswith("cuda") and not torch.cuda.is_available():
             LOG.warning("pmnet: --device %s but no CUDA GPU is visible; running on the CPU", device)
             device = "cpu"
@@ -170,12 +178,19 @@ class PMNetLM(LM):
         return out
 
 
-def main() -> None:
-    """``lm_eval``'s command line with the ``pmnet`` model registered."""
+def main(argv: list[str] | None = None) -> int:
+    """``lm_eval``'s command line with the ``pmnet`` model registered; a checkpoint or model_args
+    problem is one ``error:`` line and exit status 1 (``PMNET_DEBUG=1``: the traceback)."""
     from lm_eval.__main__ import cli_evaluate
 
-    cli_evaluate()
+    def run(args: Any) -> int:
+        if args is not None:
+            sys.argv[1:] = list(args)
+        cli_evaluate()
+        return 0
+
+    return run_cli(run, argv)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -7,12 +7,14 @@ the folder (no lm_head.weight, as the released model's), ``from_pretrained`` rea
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # local folders only: never the hub
 transformers = pytest.importorskip("transformers")
 
 import pmnet.hf  # noqa: E402  (registers model_type "PMNet")
@@ -118,5 +120,6 @@ def test_unusable_config_is_refused_naming_the_key(export: tuple[PMNetForCausalL
         (tmp_path / f.name).write_bytes(f.read_bytes())
     data = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**data, "use_sliding_window": False}))
-    with pytest.raises(InterchangeError, match="use_sliding_window=false"):
+    with pytest.raises(InterchangeError, match="use_sliding_window=false") as info:
         AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert str(tmp_path / "config.json") in str(info.value)

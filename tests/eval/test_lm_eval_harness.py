@@ -25,6 +25,8 @@ pytest.importorskip("lm_eval")
 from pmnet.model import PMNetForCausalLM
 
 REPO = Path(__file__).resolve().parents[2]
+# one intra-op thread: on a shared 2-core box, OpenMP barriers of 2 threads spin against other jobs
+torch.set_num_threads(1)
 SAMPLE = REPO / "data_pipeline" / "samples" / "c4_en_sample_30docs.jsonl.gz"
 BOS = 254
 
@@ -103,6 +105,30 @@ def test_pmnet_model_in_lm_eval_cli(tiny_ckpt: Path, tmp_path: Path) -> None:
         assert bytes(greedy).decode(errors="replace") == s["resps"][0][0]
 
 
+def test_cli_error_is_one_line_naming_the_file(
+    tiny_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A truncated weights file (an interrupted download): one error line naming it, exit 1, no traceback
+    (in process: the same ``main`` as ``python -m pmnet.eval.harness``, without a second interpreter start)."""
+    from pmnet.eval.harness import main
+
+    monkeypatch.delenv("PMNET_DEBUG", raising=False)
+    for k, v in {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home"),
+                 "HF_DATASETS_CACHE": str(tmp_path / "hf_datasets")}.items():  # fmt: skip
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(sys, "argv", ["pmnet.eval.harness"])
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_bytes((tiny_ckpt / "config.json").read_bytes())
+    (bad / "model.safetensors").write_bytes((tiny_ckpt / "model.safetensors").read_bytes()[:1000])
+    _write_tasks(tmp_path / "tasks")
+    rc = main(["--model", "pmnet", "--model_args", f"pretrained={bad}", "--device", "cpu",
+               "--tasks", "pmnet_local_ppl", "--include_path", str(tmp_path / "tasks")])  # fmt: skip
+    errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+    assert rc == 1 and len(errors) == 1, errors
+    assert str(bad / "model.safetensors") in errors[0] and "truncated or corrupt" in errors[0]
+
+
 def test_rolling_is_chunk_invariant_and_constant_memory(tiny_ckpt: Path) -> None:
     from pmnet.eval.harness import PMNetLM
 
@@ -115,6 +141,8 @@ def test_rolling_is_chunk_invariant_and_constant_memory(tiny_ckpt: Path) -> None
     # the carried state after 3000 bytes is as large as after 100: memory does not grow with the text
     sizes = [small._feed([BOS, *text.encode()[:n]], None)[0].num_bytes() for n in (100, 3000)]
     assert sizes[0] == sizes[1]
+    with pytest.raises(ValueError, match="unknown batch"):
+        PMNetLM(pretrained=str(tiny_ckpt), batchsize=4)
     # shared contexts: continuations scored from the context's state equal one pass each
     reqs = [SimpleNamespace(args=(text[:80], text[80:90])), SimpleNamespace(args=(text[:80], "xyz")),
             SimpleNamespace(args=("", text[:20]))]  # fmt: skip
