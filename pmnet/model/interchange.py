@@ -53,7 +53,6 @@ __all__ = [
 ]  # fmt: skip
 
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
-INTERCHANGE_CONFIG_KEYS = RELEASED_CONFIG_KEYS  # the name used before the full released set was written
 
 
 def config_to_interchange(cfg: PMNetConfig, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
@@ -208,7 +207,8 @@ def read_checkpoint(path: str | os.PathLike[str], **cfg_overrides: Any) -> tuple
         raise InterchangeError(f"{d}: not a directory (expected {CONFIG_NAME} + safetensors)")
     cfg = read_config(d, **cfg_overrides)
     sd = tie_missing_head(read_weights(d), cfg)
-    check_state_dict(sd, cfg, where=str(d))
+    weights = d / WEIGHTS_NAME if (d / WEIGHTS_NAME).is_file() else d / INDEX_NAME
+    check_state_dict(sd, cfg, where=f"{weights} (with {CONFIG_NAME})")
     return cfg, sd
 
 

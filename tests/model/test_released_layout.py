@@ -134,7 +134,9 @@ def test_missing_and_broken_files_are_named(tmp_path: Path) -> None:
     tensors = load_file(str(tmp_path / "ok" / "model.safetensors"))
     del tensors["lm_head.weight"]
     save_file(tensors, str(tmp_path / "ok" / "model.safetensors"))
-    assert "lm_head.weight" in _error(tmp_path / "ok") and "tie_word_embeddings is false" in _error(tmp_path / "ok")
+    msg = _error(tmp_path / "ok")
+    assert "lm_head.weight" in msg and "tie_word_embeddings is false" in msg
+    assert str(tmp_path / "ok" / "model.safetensors") in msg
 
 
 def test_unknown_keys_are_ignored_and_logged_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
