@@ -2,12 +2,14 @@
 """Convert PMNet checkpoints.
 
   interchange CKPT OUT   DeepSpeed checkpoint (ZeRO 0-3, any ranks; a step directory or a run
-                         directory = its newest valid checkpoint) -> config.json + safetensors
-                         (MODEL.md section 7), streamed: peak RAM far below one fp32 model copy.
+                         directory = its newest valid checkpoint) -> config.json (the released
+                         model's key set) + safetensors + byte-tokenizer files (MODEL.md
+                         section 7), streamed: peak RAM far below one fp32 model copy.
   universal CKPT         add CKPT/universal (DeepSpeed universal checkpoint) so the run resumes
                          on a different number of ranks; checks the data-stream condition.
-  start-from DIR         check an interchange directory and print the command that starts a
-                         run from it (train.init_from=DIR, fresh optimizer).
+  start-from DIR         check an interchange directory (ours, or the released model's folder as
+                         transformers saved it) and print the command that starts a run from it
+                         (train.init_from=DIR, fresh optimizer).
 
 Exit status 0 on success, 1 on a checkpoint problem, 2 on a usage error. --json prints one
 JSON object on stdout.

@@ -374,17 +374,14 @@ def _itemsize(dt: str) -> int:
     return {"F32": 4, "F64": 8, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}[dt]
 
 
-def interchange_config(model: dict[str, Any]) -> dict[str, Any]:
-    """config.json content (MODEL.md section 7) from a resolved config's ``model`` section."""
+def interchange_config(model: dict[str, Any], dtype: str = "float32") -> dict[str, Any]:
+    """config.json content (the released key set, MODEL.md section 7) from a resolved config's ``model`` section."""
+    from pmnet.release_format import released_config
+
     missing = [k for k in INTERCHANGE_FIELDS if k not in model]
     if missing:
         raise CheckpointError(f"model config lacks {', '.join(missing)}")
-    out: dict[str, Any] = {"architectures": ["PMNetForCausalLM"], "model_type": "PMNet"}
-    out.update({k: model[k] for k in INTERCHANGE_FIELDS})
-    out["num_key_value_heads"] = model["num_attention_heads"]
-    if model.get("use_memory") is False:
-        out["use_memory"] = False
-    return dict(sorted(out.items()))
+    return released_config(model, dtype, use_memory=model.get("use_memory") is not False)
 
 
 def _model_section(ckpt: Path, config_path: str | Path | None) -> dict[str, Any]:
@@ -446,7 +443,13 @@ def convert_to_interchange(
         if info.state != "valid":
             raise CheckpointError(f"{ckpt}: {info.state}: {info.reason}")
     model_cfg = _model_section(ckpt, config_path)
-    cfg = model_cfg if "model_type" in model_cfg else interchange_config(model_cfg)
+    from pmnet.release_format import InterchangeError, parse_config, write_metadata
+
+    cfg = interchange_config({"tie_word_embeddings": True, **model_cfg}, "float32" if dt == "F32" else "bfloat16")
+    try:  # the values the released code needs (sliding window on every layer, ...) are checked here
+        parse_config(cfg, where=str(config_path or ckpt / CONFIG))
+    except InterchangeError as err:
+        raise CheckpointError(str(err)) from None
     plan, files, info = plan_deepspeed(ckpt)
     try:
         _check_config(cfg, plan, ckpt)
@@ -474,7 +477,7 @@ def convert_to_interchange(
                 index = {"metadata": {"total_size": total},
                          "weight_map": {t.name: n for n, s in zip(names, shards) for t in s}}  # fmt: skip
                 (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
-            (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+            meta_files = write_metadata(tmp, cfg)  # tokenizer files + config.json
             _replace_dir(tmp, out)
         except PtReadError as err:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -486,7 +489,7 @@ def convert_to_interchange(
         for f in files:
             f.close()
     nparams = sum(t.numel for t in plan if not (t.name == "lm_head.weight" and cfg.get("tie_word_embeddings")))
-    written = [*names, *([INDEX_NAME] if len(shards) > 1 else []), "config.json"]
+    written = [*names, *([INDEX_NAME] if len(shards) > 1 else []), *meta_files]
     return ConvertResult(out, written, len(plan), nparams, total, info["zero_stage"], info["world_size"],
                          info.get("step"), info["notes"])  # fmt: skip
 

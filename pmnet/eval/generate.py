@@ -8,7 +8,7 @@ PAD and BOS are excluded because they never follow text; EOS ends generation.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -32,11 +32,13 @@ def generate(
     add_bos: bool = True,
     prompt_chunk_bytes: int = 30720,
     on_bytes: Callable[[bytes], None] | None = None,
+    until: Sequence[bytes] = (),
 ) -> bytes:
     """Sample up to ``max_bytes`` bytes after ``prompt``; returns them (EOS not included).
 
     ``temperature`` 0 is greedy; ``top_k`` 0 keeps every byte. ``on_bytes`` is called with
-    each new byte as it is produced (for streaming output).
+    each new byte as it is produced (for streaming output). Generation also stops as soon as
+    the output contains one of the ``until`` byte strings; the output is cut before it.
     """
     if temperature < 0:
         raise EvalError(f"--temperature {temperature}: must be >= 0")
@@ -75,6 +77,9 @@ def generate(
         out.append(nxt)
         if on_bytes is not None:
             on_bytes(bytes([nxt]))
+        hits = [i for i in (out.find(u, max(0, len(out) - len(u))) for u in until if u) if i >= 0]
+        if hits:
+            return bytes(out[: min(hits)])
         logits, state = model(torch.tensor([[nxt]], dtype=torch.long, device=device), state=state)
         last = logits[0, -1]
     return bytes(out)

@@ -244,17 +244,23 @@ class PMNetForCausalLM(nn.Module):
 
     def init_state(self, batch_size: int, device: torch.device | str | None = None) -> PMNetState:
         """Fresh state for ``batch_size`` new streams: zero phases, empty windows, position 0."""
-        cfg = self.config
         param = self.model.embed_tokens.weight
-        device = param.device if device is None else torch.device(device)
-        phases = [
-            torch.zeros(batch_size, cfg.groups_at_level(k), cfg.num_memory, cfg.memory_size, device=device)
-            for k in range(cfg.num_levels if cfg.use_memory else 0)
-        ]
-        empty = (batch_size, cfg.num_attention_heads, 0, cfg.head_dim)
-        keys = [torch.zeros(empty, dtype=param.dtype, device=device) for _ in range(cfg.num_hidden_layers)]
-        values = [torch.zeros(empty, dtype=param.dtype, device=device) for _ in range(cfg.num_hidden_layers)]
-        return PMNetState(group_phases=phases, keys=keys, values=values, position=0)
+        return initial_state(self.config, batch_size, param.device if device is None else device, param.dtype)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Any, **kwargs: Any) -> PMNetForCausalLM:
+        """The model of an interchange directory (ours or one transformers saved the released model
+        into); ``kwargs`` as :func:`pmnet.model.interchange.load_pretrained` (device, dtype, run-time
+        config switches). The config is ``model.config``."""
+        from pmnet.model.interchange import load_pretrained
+
+        return load_pretrained(path, **kwargs)[0]
+
+    def save_pretrained(self, out_dir: str | Any, dtype: torch.dtype = torch.float32) -> Any:
+        """Write the interchange directory (config.json, model.safetensors, tokenizer files)."""
+        from pmnet.model.interchange import save_pretrained
+
+        return save_pretrained(self, out_dir, self.config, dtype=dtype)
 
     def forward(
         self,
@@ -277,6 +283,21 @@ class PMNetForCausalLM(nn.Module):
 
     def extra_repr(self) -> str:
         return f"params={sum(p.numel() for p in self.parameters()):,}"
+
+
+def initial_state(
+    cfg: PMNetConfig, batch_size: int, device: torch.device | str, dtype: torch.dtype = torch.float32
+) -> PMNetState:
+    """Fresh state of ``cfg`` for ``batch_size`` streams: zero fp32 phases, empty windows (``dtype``), position 0."""
+    device = torch.device(device)
+    phases = [
+        torch.zeros(batch_size, cfg.groups_at_level(k), cfg.num_memory, cfg.memory_size, device=device)
+        for k in range(cfg.num_levels if cfg.use_memory else 0)
+    ]
+    empty = (batch_size, cfg.num_attention_heads, 0, cfg.head_dim)
+    keys = [torch.zeros(empty, dtype=dtype, device=device) for _ in range(cfg.num_hidden_layers)]
+    values = [torch.zeros(empty, dtype=dtype, device=device) for _ in range(cfg.num_hidden_layers)]
+    return PMNetState(group_phases=phases, keys=keys, values=values, position=0)
 
 
 def lm_loss(logits: Tensor, targets: Tensor, ignore_index: int = 0) -> Tensor:

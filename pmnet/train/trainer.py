@@ -110,14 +110,11 @@ def load_init_weights(model: torch.nn.Module, cfg: Config) -> None:
     """``train.init_from``: interchange weights into the freshly built model (the optimizer starts fresh)."""
     import deepspeed
 
-    from pmnet.model import InterchangeError, check_state_dict, config_from_interchange, read_weights
+    from pmnet.model import InterchangeError, check_state_dict, read_checkpoint
 
     path = Path(cfg.train.init_from or "")
     try:
-        import json
-
-        src = config_from_interchange(json.loads((path / "config.json").read_text()))
-        sd = read_weights(path)
+        src, sd = read_checkpoint(path)  # ours or the released model's folder (tied head left out)
         check_state_dict(sd, cfg.model, where=str(path))
     except (OSError, ValueError, InterchangeError) as err:
         raise ConfigError(f"train.init_from={str(path)!r}: {err}") from None

@@ -27,7 +27,12 @@ def test_zero3_two_ranks_to_interchange_logits_equal_engine(z3_run, tmp_path: Pa
     p = run_tool("tools/convert_checkpoint.py", "interchange", str(z3_run.ckpt(4)), str(out), "--json")
     assert p.returncode == 0, p.stderr
     res = json.loads(p.stdout)
-    assert res["zero_stage"] == 3 and res["world_size"] == 2 and res["files"] == ["model.safetensors", "config.json"]
+    assert res["zero_stage"] == 3 and res["world_size"] == 2
+    assert res["files"] == ["model.safetensors", "tokenizer_config.json", "special_tokens_map.json", "config.json"]
+    from pmnet.model import RELEASED_CONFIG_KEYS  # the released model's config.json key set, its values
+
+    written = json.loads((out / "config.json").read_text())
+    assert set(written) == set(RELEASED_CONFIG_KEYS) and written["use_sliding_window"] is True
     model, cfg = load_pretrained(out, memory_impl="reference")
     assert res["num_parameters"] == cfg.num_parameters()
     model.eval()

@@ -22,11 +22,14 @@ from pmnet.model import (
 )
 from tests.model.model_helpers import build, random_ids, tiny_cfg
 
+# the released model's config.json keys (transformers 4.57.6), spelled out independently of the code
 CONFIG_KEYS = {
-    "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-    "head_dim", "memory_size", "num_memory", "num_memory_read_heads", "memory_write_period", "sliding_window",
-    "rope_theta", "rms_norm_eps", "vocab_size", "tie_word_embeddings", "attention_dropout", "initializer_range",
-    "memory_cumsum", "bos_token_id", "eos_token_id", "model_type", "architectures",
+    "architectures", "attention_bias", "attention_dropout", "auto_map", "bos_token_id", "dtype", "eos_token_id",
+    "head_dim", "hidden_act", "hidden_size", "initializer_range", "intermediate_size", "layer_types",
+    "max_position_embeddings", "max_window_layers", "memory_cumsum", "memory_size", "memory_write_period",
+    "model_type", "num_attention_heads", "num_hidden_layers", "num_key_value_heads", "num_memory",
+    "num_memory_read_heads", "rms_norm_eps", "rope_scaling", "rope_theta", "sliding_window", "tie_word_embeddings",
+    "transformers_version", "use_cache", "use_sliding_window", "vocab_size",
 }  # fmt: skip
 
 
@@ -67,14 +70,28 @@ def test_config_keys_are_exactly_the_format() -> None:
     data = config_to_interchange(cfg)
     assert set(data) == CONFIG_KEYS
     assert data["model_type"] == "PMNet" and data["architectures"] == ["PMNetForCausalLM"]
-    back = config_from_interchange({**data, "torch_dtype": "float32", "transformers_version": "4.57.6"})
+    # the values under which the released code builds the same model (sliding window on every layer)
+    assert data["use_sliding_window"] is True and data["max_window_layers"] == 0
+    assert data["layer_types"] == ["sliding_attention"] * 12 and data["sliding_window"] == 128
+    assert data["attention_bias"] is False and data["hidden_act"] == "silu" and data["rope_scaling"] is None
+    assert data["use_cache"] is False and data["max_position_embeddings"] == 40960
+    assert data["num_key_value_heads"] == data["num_attention_heads"] == 12
+    assert data["dtype"] == "float32" and data["transformers_version"] == "4.57.6"
+    assert data["auto_map"]["AutoConfig"] == "configuration_pmnet.PMNetConfig"
+    assert data["auto_map"]["AutoModel"] == "modeling_pmnet.PMNetModel"
+    assert data["auto_map"]["AutoModelForCausalLM"] == "modeling_pmnet.PMNetForCausalLM"
+    assert "tokenization_pmnet.ByteTokenizer" in data["auto_map"]["AutoTokenizer"]
+    assert config_to_interchange(cfg, torch.bfloat16)["dtype"] == "bfloat16"
+    back = config_from_interchange({**data, "torch_dtype": "float32", "some_future_key": 1})
     assert back == dataclasses.replace(cfg, attn_backend=back.attn_backend, memory_impl=back.memory_impl)
 
 
 def test_round_trip_is_exact(tmp_path: Path) -> None:
     model = build(tiny_cfg(), sharpen=3.0).eval()
     save_pretrained(model, tmp_path / "ckpt", model.config)
-    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
+        "config.json", "model.safetensors", "special_tokens_map.json", "tokenizer_config.json"
+    ]  # fmt: skip
     loaded, cfg = load_pretrained(tmp_path / "ckpt")
     assert cfg == model.config
     assert load_pretrained(tmp_path / "ckpt", attn_backend="eager")[1].attn_backend == "eager"

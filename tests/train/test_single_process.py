@@ -1,5 +1,5 @@
 """A bare `python -m pmnet.train` (one process, no launcher, no MPI): train.init_from loads
-interchange weights; a changed model shape is refused in one line, for init_from and for resume."""
+interchange weights (laid out as transformers saves the released model: no tied lm_head.weight); a changed model shape is refused in one line, for init_from and for resume."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from pmnet.model import PMNetConfig, PMNetForCausalLM, save_pretrained
 from tests.train.conftest import REPO, base_overrides, launch_env, model_weights
@@ -31,6 +32,10 @@ def test_init_from_and_shape_refusals(shards: Path, tmp_path: Path) -> None:
     torch.manual_seed(7)
     src = PMNetForCausalLM(PMNetConfig.from_preset("tiny"))
     save_pretrained(src, tmp_path / "released", src.config)
+    # as transformers saves the released model: the tied lm_head.weight is not in the file
+    weights = load_file(str(tmp_path / "released" / "model.safetensors"))
+    del weights["lm_head.weight"]
+    save_file(weights, str(tmp_path / "released" / "model.safetensors"), metadata={"format": "pt"})
 
     # 1 step at a negligible lr: the trained weights are the released ones
     ov = base_overrides(shards, tmp_path, "init", train__max_steps=1, optim__warmup_steps=0, optim__lr=1e-12,
