@@ -1,6 +1,6 @@
 """The released checkpoint's ``config.json`` and tokenizer files, as plain data (MODEL.md section 7).
 
-Torch-free on purpose: the streaming DeepSpeed converter (``pmnet.train.convert``) writes
+Torch-free on purpose: the streaming DeepSpeed converter (``pmnet.checkpoint.convert``) writes
 these files without importing torch. ``pmnet.model.interchange`` builds on it.
 """
 
