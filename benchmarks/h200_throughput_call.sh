@@ -9,8 +9,12 @@
 #           TEXT_DIR sharded into 8,193-byte samples, then long-context eval speed / BPB.
 #   curve:  the 119M fast-vs-reference bf16 loss curve over STEPS (default 200 here) steps on TEXT_DIR.
 #   tests:  the slow GPU tests (whole-layer compilation; evaluation, with TEXT_DIR as the books).
+#   dropout: issue 20: the GPU tests of the blocked window, then the real 119M config through the
+#           launcher twice, model.attention_dropout=0.0 (flex) and 0.1 (blocked sdpa), STEPS steps
+#           each, and the median bytes/s of both (benchmarks/window_attention.py logs; target:
+#           0.1 within 10% of 0.0), plus the bare-model step of flex / blocked / dense sdpa.
 # Usage (GPU machine, wheels of ../shared/gpu/README.md on PYTHONPATH):
-#   bash benchmarks/h200_throughput_call.sh OUT train|launch|tune|curve|tests [TEXT_DIR] [STEPS]
+#   bash benchmarks/h200_throughput_call.sh OUT train|launch|tune|curve|tests|dropout [TEXT_DIR] [STEPS]
 set -uo pipefail
 OUT="${1:?usage: h200_throughput_call.sh OUT train|launch|tune|curve|tests [TEXT_DIR] [STEPS]}"
 PART="${2:?train or launch}"
@@ -104,6 +108,32 @@ elif [ "$PART" = tests ]; then
     timeout "${MODEL_TESTS_S:-400}" "$PY" -m pytest -v -rA --tb=short -p no:cacheprovider tests/model/test_model_gpu.py \
         tests/model/test_fast_path.py -m gpu -k "compiled or 119m or compile" > "$OUT/gpu_tests_compiled.txt" 2>&1
     grep -E "PASSED|FAILED|ERROR|SKIPPED|passed|failed" "$OUT/gpu_tests_compiled.txt" | tail -10
+elif [ "$PART" = dropout ]; then
+    stamp "GPU tests of the blocked window"
+    timeout 120 "$PY" -m pytest -v -rA --tb=short -p no:cacheprovider tests/model/test_attention_blocked.py \
+        > "$OUT/gpu_tests_window.txt" 2>&1
+    grep -E "PASSED|FAILED|ERROR|passed|failed" "$OUT/gpu_tests_window.txt" | tail -6
+    stamp "shard $TEXT"
+    rm -rf /tmp/pmd && "$PY" tools/shard_dataset.py --input "$TEXT" --output /tmp/pmd --sample-bytes 8193 \
+        --val-fraction 0.02 --no-progress 2>&1 | tail -1
+    for drop in 0.0 0.1; do
+        stamp "119M through launchers/pretrain.sh, model.attention_dropout=$drop, $STEPS steps"
+        rm -rf /tmp/runs
+        timeout --preserve-status -s TERM -k 20 "${DROPOUT_RUN_S:-200}" bash launchers/pretrain.sh configs/pmnet_119m.yaml \
+            'data.streams=[{local: /tmp/pmd, split: train}]' 'data.val_streams=[]' \
+            train.max_steps="$STEPS" optim.warmup_steps=10 eval.interval=0 checkpoint.interval=100000 \
+            checkpoint.save_at_end=false logging.console_interval=5 logging.log_interval=5 \
+            train.run_root=/tmp/runs train.run_name=p119 model.attention_dropout="$drop" > "$OUT/dropout_$drop.log" 2>&1
+        echo "exit $?"
+        grep -E "step +[0-9]+/" "$OUT/dropout_$drop.log" | tail -3
+    done
+    # medians after the first 2 console lines (step 1 and step 5: compilation and warm-up)
+    "$PY" benchmarks/window_attention.py logs "$OUT/dropout_0.0.log" "$OUT/dropout_0.1.log" --skip 2 \
+        --json "$OUT/dropout_launcher.json"
+    stamp "bare 119M step: flex vs blocked / dense sdpa with dropout 0.1"
+    timeout 150 "$PY" benchmarks/window_attention.py train --device cuda --preset pmnet_119m --seq 8192 --micro 8 \
+        --steps 5 --warmup 2 --variants flex/0,sdpa-blocked/0.1,sdpa-blocked/0,sdpa-dense/0.1 \
+        --json "$OUT/dropout_step.json" 2>&1 | grep -v -i warn | tail -8
 else
     echo "unknown part $PART"; exit 2
 fi
