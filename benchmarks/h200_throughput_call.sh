@@ -13,10 +13,14 @@
 #   evalrate: issue 16: long-context evaluation speed call by call (TEXT_DIR: books >= 512 KiB).
 #   suite:    every GPU-marked test but the whole-layer compilation ones (TEXT_DIR: books).
 #   agree:    issue 16: flex (GPU) vs sdpa (CPU) per-position BPB, routing flips counted.
+#   dropout: issue 20: the GPU tests of the blocked window, then the real 119M config through the
+#           launcher twice, model.attention_dropout=0.0 (flex) and 0.1 (blocked sdpa), STEPS steps
+#           each, and the median bytes/s of both (benchmarks/window_attention.py logs; target:
+#           0.1 within 10% of 0.0), plus the bare-model step of flex / blocked / dense sdpa.
 # Usage (GPU machine, wheels of ../shared/gpu/README.md on PYTHONPATH):
-#   bash benchmarks/h200_throughput_call.sh OUT train|launch|tune|curve|tests|restart|evalrate|agree [TEXT_DIR] [STEPS]
+#   bash benchmarks/h200_throughput_call.sh OUT train|launch|tune|curve|tests|restart|evalrate|agree|suite|dropout [TEXT_DIR] [STEPS]
 set -uo pipefail
-OUT="${1:?usage: h200_throughput_call.sh OUT train|launch|tune|curve|tests|restart|evalrate|agree [TEXT_DIR] [STEPS]}"
+OUT="${1:?usage: h200_throughput_call.sh OUT train|launch|tune|curve|tests|restart|evalrate|agree|suite|dropout [TEXT_DIR] [STEPS]}"
 PART="${2:?train or launch}"
 TEXT="${3:-data_pipeline/samples}"
 STEPS="${4:-40}"
@@ -145,6 +149,34 @@ elif [ "$PART" = suite ]; then
     PMNET_SHARED_DATA=/tmp/shared_data timeout "${SUITE_S:-300}" "$PY" -m pytest -q -rA --tb=short -p no:cacheprovider \
         -m gpu -k "not compiled_decoder_layers" tests > "$OUT/gpu_suite.txt" 2>&1
     echo "exit $?"; grep -E "^(PASSED|FAILED|ERROR)|passed|failed" "$OUT/gpu_suite.txt" | tail -40
+elif [ "$PART" = dropout ]; then
+    stamp "GPU tests of the blocked window"
+    timeout 120 "$PY" -m pytest -v -rA --tb=short -p no:cacheprovider tests/model/test_attention_blocked.py \
+        > "$OUT/gpu_tests_window.txt" 2>&1
+    grep -E "PASSED|FAILED|ERROR|passed|failed" "$OUT/gpu_tests_window.txt" | tail -6
+    stamp "shard $TEXT"
+    rm -rf /tmp/pmd && "$PY" tools/shard_dataset.py --input "$TEXT" --output /tmp/pmd --sample-bytes 8193 \
+        --val-fraction 0.02 --no-progress 2>&1 | tail -1
+    for drop in 0.0 0.1; do
+        stamp "119M through launchers/pretrain.sh, model.attention_dropout=$drop, $STEPS steps"
+        rm -rf /tmp/runs
+        timeout --preserve-status -s TERM -k 20 "${DROPOUT_RUN_S:-200}" bash launchers/pretrain.sh configs/pmnet_119m.yaml \
+            'data.streams=[{local: /tmp/pmd, split: train}]' 'data.val_streams=[]' \
+            train.max_steps="$STEPS" optim.warmup_steps=10 eval.interval=0 checkpoint.interval=100000 \
+            checkpoint.save_at_end=false logging.console_interval=5 logging.log_interval=5 \
+            train.run_root=/tmp/runs train.run_name=p119 model.attention_dropout="$drop" \
+            train.compile_cache_dir=/tmp/pmnet_compile_cache > "$OUT/dropout_$drop.log" 2>&1
+        echo "exit $?"
+        grep -E "step +[0-9]+/" "$OUT/dropout_$drop.log" | tail -3
+    done
+    # medians after the first 2 console lines (step 1 and step 5: compilation and warm-up)
+    "$PY" benchmarks/window_attention.py logs "$OUT/dropout_0.0.log" "$OUT/dropout_0.1.log" --skip 2 \
+        --json "$OUT/dropout_launcher.json"
+    [ "${BARE_STEP:-1}" = 1 ] || { stamp done; exit 0; }
+    stamp "bare 119M step: flex vs blocked / dense sdpa with dropout 0.1"
+    timeout 150 "$PY" benchmarks/window_attention.py train --device cuda --preset pmnet_119m --seq 8192 --micro 8 \
+        --steps 5 --warmup 2 --variants flex/0,sdpa-blocked/0.1,sdpa-blocked/0,sdpa-dense/0.1 \
+        --json "$OUT/dropout_step.json" 2>&1 | grep -v -i warn | tail -8
 else
     echo "unknown part $PART"; exit 2
 fi

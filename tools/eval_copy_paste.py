@@ -92,7 +92,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     receptive_fields = set()
     for ckpt, label in zip(args.ckpts, labels):
         model, cfg = load_model(
-            ckpt, device=device, dtype=args.dtype, attn_backend=args.attn_backend, compile=args.compile
+            ckpt,
+            device=device,
+            dtype=args.dtype,
+            attn_backend=args.attn_backend,
+            attn_window=args.attn_window,
+            compile=args.compile,
         )
         receptive_fields.add(cfg.receptive_field)
         print(f"evaluating {label} ({ckpt}) on {device}", file=sys.stderr)

@@ -82,7 +82,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"note: {note}", file=sys.stderr)
     device = pick_device(args.device)
     model, cfg = load_model(
-        args.ckpt, device=device, dtype=args.dtype, attn_backend=args.attn_backend, compile=args.compile
+        args.ckpt,
+        device=device,
+        dtype=args.dtype,
+        attn_backend=args.attn_backend,
+        attn_window=args.attn_window,
+        compile=args.compile,
     )
     common = dict(max_bytes=args.max_bytes, chunk_bytes=args.chunk_bytes, batch_size=args.batch_size, progress=True)
     print(

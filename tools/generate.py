@@ -54,7 +54,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         prompt = args.prompt
     device = pick_device(args.device)
     model, _ = load_model(
-        args.ckpt, device=device, dtype=args.dtype, attn_backend=args.attn_backend, compile=args.compile
+        args.ckpt,
+        device=device,
+        dtype=args.dtype,
+        attn_backend=args.attn_backend,
+        attn_window=args.attn_window,
+        compile=args.compile,
     )
     out = sys.stdout
     if not args.no_prompt_echo:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    """--device, --dtype, --attn-backend (shared by every tool that loads a checkpoint)."""
+    """--device, --dtype, --attn-backend, --attn-window, --compile (shared by every tool that loads a checkpoint)."""
     g = p.add_argument_group("model")
     g.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N (default: auto)")
     g.add_argument(
@@ -25,6 +25,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         default=None,
         choices=["eager", "sdpa", "flex"],
         help="attention implementation (default: flex on GPU, sdpa on CPU)",
+    )
+    g.add_argument(
+        "--attn-window",
+        default="blocked",
+        choices=["blocked", "dense"],
+        help="eager/sdpa window layout: blocked (O(T x window)) or dense (the [T, T] mask reference) (default: blocked)",
     )
     g.add_argument(
         "--compile", action="store_true", help="torch.compile the fast path (CUDA; worth it for long streams)"

@@ -83,6 +83,7 @@ def load_model(
     device: str | torch.device = "cpu",
     dtype: str = "fp32",
     attn_backend: str | None = None,
+    attn_window: str = "blocked",
     compile: bool = False,
 ) -> tuple[torch.nn.Module, Any]:
     """Load ``path`` for inference: ``(model in eval mode on device, PMNetConfig)``.
@@ -91,7 +92,8 @@ def load_model(
     seconds once, then several times faster on long streams.
 
     ``attn_backend`` defaults to ``flex`` on GPU and ``sdpa`` on CPU (the interchange format
-    does not store it); ``dtype`` is fp32 or bf16 (the model keeps its phase math in fp32).
+    does not store it); ``attn_window`` is the eager/sdpa window layout (blocked: O(T x W),
+    dense: the reference mask); ``dtype`` is fp32 or bf16 (the model keeps its phase math in fp32).
     """
     from pmnet.model import InterchangeError, load_pretrained
 
@@ -103,7 +105,7 @@ def load_model(
         attn_backend = "flex" if device.type == "cuda" else "sdpa"
     ckpt = resolve_checkpoint(path)
     try:
-        model, cfg = load_pretrained(ckpt, attn_backend=attn_backend)
+        model, cfg = load_pretrained(ckpt, attn_backend=attn_backend, attn_window=attn_window)
     except (InterchangeError, ValueError, KeyError, OSError) as err:
         raise EvalError(f"cannot load {ckpt}: {err}") from None
     model = model.to(device=device, dtype=_DTYPES[dtype]).eval()

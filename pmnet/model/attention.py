@@ -3,10 +3,19 @@
 Three interchangeable backends compute the same thing:
 
 * ``eager``: explicit scores, mask and softmax in fp32 (the reference and test oracle);
-* ``sdpa``: ``F.scaled_dot_product_attention`` with a boolean window mask (CPU, and the
-  GPU fallback when attention dropout is on in training);
+* ``sdpa``: ``F.scaled_dot_product_attention`` (CPU, and the GPU path when attention
+  dropout is on in training);
 * ``flex``: ``flex_attention`` with a sliding-window block mask, so work is proportional
   to T x W, not T x T (GPU; on CPU it runs torch's unfused eager version, slow but exact).
+
+``eager`` and ``sdpa`` lay the window out in one of two ways (``cfg.attn_window``):
+
+* ``dense``: one boolean mask ``[T, n_past + T]``; every score is computed, O(T^2) work
+  and memory (the simple reference);
+* ``blocked`` (default): queries in blocks of W, each block against the 2W keys it can
+  reach (the block before and its own; the carried keys stand in front of block 0), with
+  one ``[nb, W, 2W]`` mask, so work and memory are O(T x W). Chunks too short for that to
+  save work (generation steps) use the dense mask.
 
 A query at absolute position t sees keys at positions p with ``t - W < p <= t``. The
 first ``n_past`` keys come from the previous chunk (the state), so key index j holds
@@ -35,6 +44,56 @@ def window_mask(t_q: int, n_past: int, window: int, device: torch.device) -> Ten
     return (kj <= qi) & (kj > qi - window)
 
 
+def blocked_window_mask(t_q: int, n_past: int, window: int, device: torch.device) -> Tensor:
+    """Boolean ``[nb, W, 2W]`` (nb = ceil(T / W)): True where query i of block b may attend key j of
+    the block's 2W keys (:func:`to_blocks`).
+
+    Block b holds queries ``bW .. bW + W - 1`` (chunk offsets) and keys at offsets
+    ``(b - 1)W .. bW + W - 1``, so query i sees keys i + 1 .. i + W in every block. Block 0's
+    first keys are padding in front of the carried ones (offsets below ``-n_past``), masked
+    too; padding behind the chunk is always in a query's future.
+    """
+    w = window
+    nb = -(-t_q // w)
+    qi = torch.arange(w, device=device)[:, None]
+    kj = torch.arange(2 * w, device=device)[None, :]
+    base = (kj > qi) & (kj <= qi + w)  # [W, 2W]
+    mask = base.expand(nb, w, 2 * w).clone()
+    mask[0] &= kj >= w - min(n_past, w)  # [2W] broadcast over the block's queries
+    return mask
+
+
+def blocked_is_cheaper(t_q: int, n_past: int, window: int) -> bool:
+    """Whether the blocked layout computes fewer scores than the dense ``[T, n_past + T]`` mask."""
+    nb = -(-t_q // window)
+    return nb * window * 2 * window < t_q * (n_past + t_q)
+
+
+def to_blocks(q: Tensor, k: Tensor, v: Tensor, window: int) -> tuple[Tensor, Tensor, Tensor]:
+    """q [B, H, T, hd], k/v [B, H, n_past + T, hd] -> q [B, H, nb, W, hd], k/v [B, H, nb, 2W, hd].
+
+    Keys are padded to start W before the chunk (carried keys farther back are invisible) and
+    to end at nb * W; block b takes key slots ``bW .. bW + 2W`` of that (a copy: 2x the keys).
+    """
+    w = window
+    t = q.shape[-2]
+    n_past = k.shape[-2] - t
+    nb = -(-t // w)
+    keep = min(n_past, w)
+    q = F.pad(q, (0, 0, 0, nb * w - t)).unflatten(-2, (nb, w))
+
+    def blocks(x: Tensor) -> Tensor:
+        x = F.pad(x[..., n_past - keep :, :], (0, 0, w - keep, nb * w - t)).unflatten(-2, (nb + 1, w))
+        return torch.cat([x[..., :-1, :, :], x[..., 1:, :, :]], dim=-2)  # [B, H, nb, 2W, hd]
+
+    return q, blocks(k), blocks(v)
+
+
+def from_blocks(out: Tensor, t_q: int) -> Tensor:
+    """[B, H, nb, W, hd] -> [B, H, T, hd] (drops the padded queries of the last block)."""
+    return out.flatten(-3, -2)[..., :t_q, :]
+
+
 @dataclass
 class AttentionMask:
     """The window of one forward call, built once and shared by every layer (all carry n_past keys)."""
@@ -44,9 +103,17 @@ class AttentionMask:
     n_past: int
     "Carried keys in front of the chunk's own."
     dense: Tensor | None = None
-    "[T, n_past + T] bool (eager, sdpa)."
+    "[T, n_past + T] bool (eager, sdpa with the dense layout)."
+    blocked: Tensor | None = None
+    "[nb, W, 2W] bool (eager, sdpa with the blocked layout; see blocked_window_mask)."
     block: Any = None
     "flex BlockMask (flex)."
+
+    @property
+    def window(self) -> int:
+        """W of the blocked layout."""
+        assert self.blocked is not None
+        return self.blocked.shape[-2]
 
 
 @functools.lru_cache(maxsize=32)
@@ -73,39 +140,61 @@ def _warn_once(msg: str) -> None:
 def build_attention_mask(
     cfg: PMNetConfig, t_q: int, n_past: int, device: torch.device, training: bool
 ) -> AttentionMask:
-    """Pick the backend that can run this call and build its mask once.
+    """Pick the backend and window layout that can run this call and build its mask once.
 
     flex_attention has no dropout, so a training call with attention_dropout > 0 runs sdpa
-    (the 119M preset's 0.1 keeps its meaning); on CPU flex has no backward, so a call that
-    needs gradients runs sdpa too. Both are warned once.
+    (the 119M preset's 0.1 keeps its meaning; with the blocked layout it costs about what
+    flex does); on CPU flex has no backward, so a call that needs gradients runs sdpa too.
+    Both are warned once. eager / sdpa use ``cfg.attn_window``; the blocked layout gives way
+    to the dense mask for chunks where it would compute more scores (T <= W: generation).
     """
     backend = cfg.attn_backend
+    w = cfg.sliding_window
     if backend == "flex":
         if training and cfg.attention_dropout > 0:
-            _warn_once("flex_attention has no dropout: using sdpa while attention_dropout > 0 in training")
+            _warn_once(
+                f"flex_attention has no dropout: using sdpa ({cfg.attn_window} window) "
+                "while attention_dropout > 0 in training"
+            )
             backend = "sdpa"
         elif device.type != "cuda" and torch.is_grad_enabled():
             _warn_once("flex_attention has no CPU backward: using sdpa for differentiable CPU calls")
             backend = "sdpa"
     if backend == "flex":
-        return AttentionMask(backend, n_past, block=_block_mask(t_q, n_past, cfg.sliding_window, device))
-    return AttentionMask(backend, n_past, dense=window_mask(t_q, n_past, cfg.sliding_window, device))
+        return AttentionMask(backend, n_past, block=_block_mask(t_q, n_past, w, device))
+    if cfg.attn_window == "blocked" and blocked_is_cheaper(t_q, n_past, w):
+        return AttentionMask(backend, n_past, blocked=blocked_window_mask(t_q, n_past, w, device))
+    return AttentionMask(backend, n_past, dense=window_mask(t_q, n_past, w, device))
 
 
-def eager_attention(q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask, dropout_p: float) -> Tensor:
-    """Reference: fp32 scores ``[B, H, T, n_past+T]``, masked softmax, dropout, values."""
+def _eager_core(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, dropout_p: float) -> Tensor:
     scale = q.shape[-1] ** -0.5
-    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale  # [B, H, T, Tk]
-    scores = scores.masked_fill(~mask.dense, float("-inf"))
+    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale  # [..., Tq, Tk]
+    scores = scores.masked_fill(~allowed, float("-inf"))
     probs = torch.softmax(scores, dim=-1)
     if dropout_p > 0.0:
         probs = F.dropout(probs, p=dropout_p, training=True)
-    return torch.matmul(probs, v.float()).to(q.dtype)  # [B, H, T, hd]
+    return torch.matmul(probs, v.float()).to(q.dtype)
+
+
+def eager_attention(q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask, dropout_p: float) -> Tensor:
+    """Reference: fp32 scores ``[B, H, T, n_past+T]`` (dense) or ``[B, H, nb, W, 2W]`` (blocked),
+    masked softmax, dropout, values."""
+    if mask.blocked is None:
+        return _eager_core(q, k, v, mask.dense, dropout_p)  # [B, H, T, hd]
+    qb, kb, vb = to_blocks(q, k, v, mask.window)
+    return from_blocks(_eager_core(qb, kb, vb, mask.blocked, dropout_p), q.shape[-2])
 
 
 def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask, dropout_p: float) -> Tensor:
-    """``scaled_dot_product_attention`` with the boolean window mask."""
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.dense, dropout_p=dropout_p, scale=q.shape[-1] ** -0.5)
+    """``scaled_dot_product_attention`` with the window mask (dense), or over the query blocks
+    (blocked: the nb blocks take the place of the head axis, B*H that of the batch)."""
+    scale = q.shape[-1] ** -0.5
+    if mask.blocked is None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.dense, dropout_p=dropout_p, scale=scale)
+    qb, kb, vb = (x.flatten(0, 1) for x in to_blocks(q, k, v, mask.window))  # [B*H, nb, W or 2W, hd]
+    out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask.blocked, dropout_p=dropout_p, scale=scale)
+    return from_blocks(out.unflatten(0, q.shape[:2]), q.shape[-2])
 
 
 @functools.cache

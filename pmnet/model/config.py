@@ -17,6 +17,7 @@ BOS_ID = 254
 EOS_ID = 255
 
 ATTN_BACKENDS = ("eager", "sdpa", "flex")
+ATTN_WINDOWS = ("blocked", "dense")
 MEMORY_IMPLS = ("reference", "fast")
 
 
@@ -62,6 +63,8 @@ class PMNetConfig:
     "LM head shares the embedding matrix (the released model does)."
     attn_backend: str = "sdpa"
     "Attention implementation: eager (reference), sdpa (masked, CPU), flex (GPU)."
+    attn_window: str = "blocked"
+    "Window layout of eager / sdpa: blocked (blocks of W queries, O(T x W)) or dense ([T, T] mask, reference)."
     memory_impl: str = "fast"
     "Phasor memory implementation: fast (vectorised) or reference (per-position loop)."
     bos_token_id: int = BOS_ID
@@ -121,6 +124,8 @@ class PMNetConfig:
             errs.append(f"attention_dropout={self.attention_dropout}: must be in [0, 1)")
         if self.attn_backend not in ATTN_BACKENDS:
             errs.append(f"attn_backend={self.attn_backend!r}: must be one of {ATTN_BACKENDS}")
+        if self.attn_window not in ATTN_WINDOWS:
+            errs.append(f"attn_window={self.attn_window!r}: must be one of {ATTN_WINDOWS}")
         if self.memory_impl not in MEMORY_IMPLS:
             errs.append(f"memory_impl={self.memory_impl!r}: must be one of {MEMORY_IMPLS}")
         if self.rms_norm_eps <= 0:

@@ -8,8 +8,9 @@ far above 6 x params (MODEL.md section 6).
 Attention counts the keys a query really sees: with ``seq_len`` = T from a fresh stream,
 query t sees min(t + 1, W) keys; with ``seq_len=None`` (a long stream, state carried)
 every query sees W. ``dense_attention=True`` instead counts T keys per query, which is
-what a dense masked implementation (the eager / sdpa backends) multiplies, and what
-torch's FLOP counter reports for them.
+what a dense masked implementation (eager / sdpa with ``attn_window="dense"``) multiplies,
+and what torch's FLOP counter reports for them; the blocked window multiplies 2W keys per
+query (blocks of W queries against the 2W keys they can reach).
 """
 
 from __future__ import annotations

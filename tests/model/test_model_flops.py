@@ -17,9 +17,9 @@ def test_analytic_flops_match_flop_counter(preset: str, seq_len: int, impl: str)
     # The reference path runs the model as MODEL.md defines it (Wkv on every slot); its scores
     # and slot sums are elementwise, which the analytic "model" count includes as dot products
     # (under 0.5% of the total). The fast path runs its own products ("fast" count).
-    # Eager attention multiplies the dense T x T scores, hence dense_attention=True; the meta
+    # Eager attention with the dense window multiplies all T x T scores, hence dense_attention=True; the meta
     # device counts shapes without computing anything (the 119M model in under a second).
-    cfg = PMNetConfig.from_preset(preset, attn_backend="eager", memory_impl=impl)
+    cfg = PMNetConfig.from_preset(preset, attn_backend="eager", attn_window="dense", memory_impl=impl)
     with torch.device("meta"):
         model = PMNetForCausalLM(cfg).eval()
         ids = torch.zeros(2, seq_len, dtype=torch.long)
