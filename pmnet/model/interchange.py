@@ -145,13 +145,21 @@ def save_pretrained(
     return out
 
 
-def read_weights(path: str | os.PathLike[str]) -> dict[str, Tensor]:
-    """All tensors of a checkpoint directory: ``model.safetensors`` or the shards of its index."""
+def _load_safetensors(path: Path) -> dict[str, Tensor]:
+    """One safetensors file (a header and raw bytes: never unpickled); a bad file is one line naming it."""
     from safetensors.torch import load_file
 
+    try:
+        return load_file(str(path))
+    except Exception as err:  # SafetensorError (rust) and friends: not a user-facing traceback
+        raise InterchangeError(f"{path}: not a readable safetensors file ({err})") from None
+
+
+def read_weights(path: str | os.PathLike[str]) -> dict[str, Tensor]:
+    """All tensors of a checkpoint directory: ``model.safetensors`` or the shards of its index."""
     d = Path(path)
     if (d / WEIGHTS_NAME).is_file():
-        return load_file(str(d / WEIGHTS_NAME))
+        return _load_safetensors(d / WEIGHTS_NAME)
     if not (d / INDEX_NAME).is_file():
         raise InterchangeError(f"{d}: neither {WEIGHTS_NAME} nor {INDEX_NAME} found")
     try:
@@ -162,7 +170,7 @@ def read_weights(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     for shard in sorted(set(weight_map.values())):
         if not (d / shard).is_file():
             raise InterchangeError(f"{d / INDEX_NAME}: shard {shard} is missing")
-        part = load_file(str(d / shard))
+        part = _load_safetensors(d / shard)
         listed = {k for k, f in weight_map.items() if f == shard}
         if set(part) != listed:
             diff = sorted(set(part) ^ listed)

@@ -181,7 +181,7 @@ def test_load_checkpoint_refuses_it_on_every_rank(planted: tuple[Path, Path], tm
     assert not marker.exists()
 
 
-def test_init_from_never_unpickles(tmp_path: Path) -> None:
+def test_init_from_never_unpickles(planted: tuple[Path, Path], tmp_path: Path) -> None:
     """``train.init_from`` reads safetensors only: a pickle in its place (or a DeepSpeed step directory
     with a planted payload) is refused in one line naming the path."""
     from pmnet.config import Config, ConfigError
@@ -199,7 +199,12 @@ def test_init_from_never_unpickles(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_init_weights(model, cfg)
     assert str(export) in str(err.value) and "\n" not in str(err.value)
-    assert not marker.exists()
+    run, ds_marker = planted  # a DeepSpeed step directory is no interchange directory: refused, not read
+    cfg.train.init_from = str(run / "checkpoints" / "step_00000004")
+    with pytest.raises(ConfigError) as err:
+        load_init_weights(model, cfg)
+    assert cfg.train.init_from in str(err.value) and "\n" not in str(err.value)
+    assert not marker.exists() and not ds_marker.exists()
 
 
 @pytest.mark.slow
