@@ -102,10 +102,18 @@ def _check_stream(cfg_stream: Any, sample_bytes: int, verify: bool, where: str, 
 
     ``verify``: every shard file is checked against index.json before the dataset is built,
     once per file (:func:`data_pipeline.verify.verify_stream`; ranks split the work). A remote
-    stream's cache is checked for the files already in it (downloads during the run are not).
+    stream that is a local path (a read-only or shared directory) is verified at its source,
+    with the cache record kept in the local cache directory; the files already in the local
+    cache are checked too. An object-store remote (``s3://`` ...) is checked only for what is
+    already cached: shards downloaded during the run are not verified before use.
     """
     if cfg_stream.remote:
         d = _stream_dir(cfg_stream.local, cfg_stream.split) if cfg_stream.local else None
+        src = _local_remote(cfg_stream.remote, cfg_stream.split)
+        if verify and src is not None and (src / "index.json").exists():
+            _raise_problems(
+                where, verify_stream(src, use_cache=use_cache, cache_dir=d / ".pmnet_source" if d else None)
+            )
         if verify and d is not None and (d / "index.json").exists():
             _raise_problems(where, verify_stream(d, missing_ok=True, use_cache=use_cache))
         return  # the cache fills on demand; streaming checks the index it downloads
@@ -129,6 +137,15 @@ def _check_stream(cfg_stream: Any, sample_bytes: int, verify: bool, where: str, 
             )
     if verify:
         _raise_problems(where, verify_stream(d, use_cache=use_cache))
+
+
+def _local_remote(remote: str, split: str | None) -> Path | None:
+    """The split directory of a remote given as a local path (``/x`` or ``file:///x``), else None."""
+    if remote.startswith("file://"):
+        remote = remote[len("file://") :]
+    elif "://" in remote:
+        return None
+    return _stream_dir(remote, split)
 
 
 def _raise_problems(where: str, problems: list[str]) -> None:

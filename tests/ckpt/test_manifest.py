@@ -35,7 +35,9 @@ def fake_ckpt(root: Path, step: int, *, world: int = 1) -> Path:
     torch.save({"module": {"w": torch.zeros(25)}}, d / "mp_rank_00_model_states.pt")
     for r in range(world):
         torch.save({"rank": r}, d / f"rank_{r:05d}.pt")
-        torch.save({"optimizer_state_dict": {"step": torch.ones(3)}}, d / f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt")
+        torch.save(
+            {"optimizer_state_dict": {"step": torch.ones(3)}}, d / f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt"
+        )
     files = hash_files(d, list_files(d))
     (d / "manifest.json").write_text(json.dumps({"step": step, "files": files}))
     return d

@@ -29,7 +29,9 @@ def web_shards(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     for f in sorted((shared_data / "web").glob("cc_en_head-*.jsonl")):
         shutil.copy(f, src / f.name)
     out = tmp_path_factory.mktemp("web") / "shards"
-    run_sharding(ShardJob([str(src)], str(out), ShardSettings(val_fraction=0.0, shard_size_limit=1 << 16), progress=False))
+    run_sharding(
+        ShardJob([str(src)], str(out), ShardSettings(val_fraction=0.0, shard_size_limit=1 << 16), progress=False)
+    )
     return out
 
 
@@ -112,3 +114,18 @@ def test_trainer_stops_before_training_on_a_corrupt_shard(shards: Path, tmp_path
     assert len(lines) == 1 and "shard verification failed" in lines[0] and "mismatch" in lines[0], logs[0][-3000:]
     assert "Traceback" not in logs[0] and "training ended" not in logs[0]
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_remote_stream_on_a_path_is_verified_at_its_source(web_shards: Path, tmp_path: Path) -> None:
+    """``{remote: DIR, local: CACHE}`` (a read-only or shared directory read through a cache): the source
+    files are verified before streaming downloads anything, the record kept in the cache directory.
+    (streaming's own validate_hash would end the epoch early without an error: measured, see verify.py.)"""
+    src = shutil.copytree(web_shards, tmp_path / "src")
+    shard = sorted((src / "train").rglob("shard.*.mds.zstd"))[0]
+    _flip(shard)
+    cache = tmp_path / "cache"
+    cfg = DataConfig(streams=[StreamConfig(remote=str(src), local=str(cache), split="train")], num_workers=0)
+    with pytest.raises(DataPipelineError) as err:
+        build_train_dataloader(cfg, 2)
+    assert str(shard) in str(err.value) and "\n" not in str(err.value)
+    assert not list(cache.rglob("shard.*"))  # nothing was downloaded
