@@ -44,7 +44,7 @@ from streaming import Stream, StreamingDataLoader, StreamingDataset
 from data_pipeline.errors import DataPipelineError
 from data_pipeline.manifest import MANIFEST_NAME, read_json
 from data_pipeline.shm import clean_stale_shared_memory
-from data_pipeline.verify import verify_shards
+from data_pipeline.verify import verify_shards, verify_stream
 from data_pipeline.writer import COLUMN
 from pmnet.model.config import PAD_ID
 
@@ -97,9 +97,25 @@ def _stream_dir(local: str, split: str | None) -> Path:
     return Path(local) / split if split else Path(local)
 
 
-def _check_stream(cfg_stream: Any, sample_bytes: int, verify: bool, where: str) -> None:
-    """Refuse, in one line, a local stream that is missing, mismatched or corrupt."""
+def _check_stream(cfg_stream: Any, sample_bytes: int, verify: bool, where: str, use_cache: bool = True) -> None:
+    """Refuse, in one line, a local stream that is missing, mismatched or corrupt.
+
+    ``verify``: every shard file is checked against index.json before the dataset is built,
+    once per file (:func:`data_pipeline.verify.verify_stream`; ranks split the work). A remote
+    stream that is a local path (a read-only or shared directory) is verified at its source,
+    with the cache record kept in the local cache directory; the files already in the local
+    cache are checked too. An object-store remote (``s3://`` ...) is checked only for what is
+    already cached: shards downloaded during the run are not verified before use.
+    """
     if cfg_stream.remote:
+        d = _stream_dir(cfg_stream.local, cfg_stream.split) if cfg_stream.local else None
+        src = _local_remote(cfg_stream.remote, cfg_stream.split)
+        if verify and src is not None and (src / "index.json").exists():
+            _raise_problems(
+                where, verify_stream(src, use_cache=use_cache, cache_dir=d / ".pmnet_source" if d else None)
+            )
+        if verify and d is not None and (d / "index.json").exists():
+            _raise_problems(where, verify_stream(d, missing_ok=True, use_cache=use_cache))
         return  # the cache fills on demand; streaming checks the index it downloads
     d = _stream_dir(cfg_stream.local, cfg_stream.split)
     if not (d / "index.json").exists():
@@ -120,19 +136,36 @@ def _check_stream(cfg_stream: Any, sample_bytes: int, verify: bool, where: str) 
                 f"{where}: shards in {d} hold samples of {stored} bytes but data.sample_bytes={sample_bytes}"
             )
     if verify:
-        problems = verify_shards(d)
-        if problems:
-            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-            raise DataPipelineError(f"{where}: shard verification failed: {problems[0]}{more}")
+        _raise_problems(where, verify_stream(d, use_cache=use_cache))
 
 
-def build_streams(streams_cfg: list[Any], sample_bytes: int, verify: bool, where: str) -> list[Stream]:
+def _local_remote(remote: str, split: str | None) -> Path | None:
+    """The split directory of a remote given as a local path (``/x`` or ``file:///x``), else None."""
+    if remote.startswith("file://"):
+        remote = remote[len("file://") :]
+    elif "://" in remote:
+        return None
+    return _stream_dir(remote, split)
+
+
+def _raise_problems(where: str, problems: list[str]) -> None:
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise DataPipelineError(
+            f"{where}: shard verification failed: {problems[0]}{more}; not training on it "
+            "(re-shard, or restore the file from a good copy)"
+        )
+
+
+def build_streams(
+    streams_cfg: list[Any], sample_bytes: int, verify: bool, where: str, *, use_cache: bool = True
+) -> list[Stream]:
     """streaming ``Stream`` objects for config streams (local, or remote with local cache)."""
     if not streams_cfg:
         raise DataPipelineError(f"{where}: no streams configured")
     out = []
     for i, s in enumerate(streams_cfg):
-        _check_stream(s, sample_bytes, verify, f"{where}[{i}]")
+        _check_stream(s, sample_bytes, verify, f"{where}[{i}]", use_cache)
         out.append(
             Stream(
                 remote=s.remote or None,
@@ -172,7 +205,8 @@ def build_train_dataloader(data_cfg: Any, micro_batch_size: int, *, seed_offset:
     """
     if micro_batch_size < 1:
         raise DataPipelineError(f"micro_batch_size={micro_batch_size}: must be >= 1")
-    streams = build_streams(data_cfg.streams, data_cfg.sample_bytes, data_cfg.verify_hashes, "data.streams")
+    streams = build_streams(data_cfg.streams, data_cfg.sample_bytes, data_cfg.verify_hashes, "data.streams",
+                            use_cache=data_cfg.verify_cache)  # fmt: skip
     kwargs: dict[str, Any] = {}
     if data_cfg.predownload is not None:
         kwargs["predownload"] = data_cfg.predownload
@@ -199,7 +233,8 @@ def build_val_dataloader(data_cfg: Any, micro_batch_size: int) -> StreamingDataL
     """
     if micro_batch_size < 1:
         raise DataPipelineError(f"micro_batch_size={micro_batch_size}: must be >= 1")
-    streams = build_streams(data_cfg.val_streams, data_cfg.sample_bytes, data_cfg.verify_hashes, "data.val_streams")
+    streams = build_streams(data_cfg.val_streams, data_cfg.sample_bytes, data_cfg.verify_hashes, "data.val_streams",
+                            use_cache=data_cfg.verify_cache)  # fmt: skip
     dataset = ByteSampleDataset(
         sample_bytes=data_cfg.sample_bytes,
         streams=streams,

@@ -82,8 +82,10 @@ class DataConfig:
     "Samples to download ahead per worker (remote streams)."
     cache_limit: str | None = None
     "Cap on the local cache of remote streams, e.g. '10gb'."
-    verify_hashes: bool = False
-    "Re-hash every local shard against its index before training starts."
+    verify_hashes: bool = True
+    "Check every shard file against its index.json hash before training reads it (once per file, see verify_cache)."
+    verify_cache: bool = True
+    "Remember verified files in <stream>/.pmnet_verified.json (size, mtime, ctime, inode): false re-hashes every start."
 
 
 @dataclass

@@ -38,7 +38,9 @@ def _parser() -> argparse.ArgumentParser:
         "--config", help="run config YAML or interchange config.json (default: the checkpoint's config.yaml)"
     )
     a.add_argument("--force", action="store_true", help="replace an existing OUT (only once the new one is complete)")
-    a.add_argument("--no-verify", action="store_true", help="skip the manifest sha256 check of the input")
+    a.add_argument("--allow-unverified", action="store_true",
+                   help="convert even without manifest.json or with a size/sha256 mismatch (a bare DeepSpeed "
+                        "directory, a damaged copy); default: refuse. Pickles are checked either way")  # fmt: skip
     a.add_argument("--json", action="store_true", help="machine-readable output")
     u = sub.add_parser("universal", help="add a universal checkpoint for resuming on another number of ranks")
     u.add_argument("ckpt", help="checkpoint directory (step_XXXXXXXX) or run directory")
@@ -64,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             from pmnet.checkpoint.convert import convert_to_interchange
 
             res = convert_to_interchange(args.ckpt, args.out, dtype=args.dtype, max_shard_size=args.max_shard_size,
-                                         force=args.force, config_path=args.config, verify=not args.no_verify)  # fmt: skip
+                                         force=args.force, config_path=args.config, allow_unverified=args.allow_unverified)  # fmt: skip
             out = res.to_dict()
             text = (f"wrote {res.out_dir}: {', '.join(res.files)} ({res.num_tensors} tensors, "
                     f"{res.num_parameters:,} parameters, {res.total_bytes / 1e6:.1f} MB {args.dtype}; "

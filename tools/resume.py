@@ -1,6 +1,10 @@
 #!/usr/bin/env python
-"""List a run's checkpoints (valid / incomplete / corrupt, and why), point `latest` at the newest
-valid one, and print the exact command that resumes the run.
+"""List a run's checkpoints (valid / incomplete / corrupt / unsafe, and why), point `latest` at the
+newest valid one, and print the exact command that resumes the run.
+
+A checkpoint is unsafe when one of its pickles names a global outside the allowlist
+(pmnet/checkpoint/ptread.py): loading it would run code, so it is never chosen. Pickles are
+checked even with --no-hashes (only tensor metadata is read: milliseconds).
 
   python tools/resume.py RUN_DIR [--check-only] [--no-hashes] [--json]
 

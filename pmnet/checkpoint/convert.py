@@ -42,6 +42,7 @@ from pmnet.checkpoint.manifest import (
     read_json,
 )
 from pmnet.checkpoint.ptread import DTYPES, PtFile, PtReadError, Stub, TensorRef, fp32_to_bf16_bits
+from pmnet.checkpoint.safeload import pickle_files, scan_pickles
 
 __all__ = [
     "INTERCHANGE_FIELDS",
@@ -52,6 +53,7 @@ __all__ = [
     "parse_size",
     "plan_deepspeed",
     "resolve_checkpoint",
+    "verification_problem",
 ]
 
 # MODEL.md section 7 config keys that are PMNetConfig fields of the same name
@@ -427,9 +429,15 @@ def convert_to_interchange(
     max_shard_size: str | int = "5GB",
     force: bool = False,
     config_path: str | Path | None = None,
-    verify: bool = True,
+    allow_unverified: bool = False,
 ) -> ConvertResult:
-    """Write ``config.json`` + safetensors (interchange format) for a DeepSpeed checkpoint (streaming)."""
+    """Write ``config.json`` + safetensors (interchange format) for a DeepSpeed checkpoint (streaming).
+
+    The input is verified first (``manifest.json`` present, every size and sha256 matching);
+    an unverifiable checkpoint (no manifest, e.g. a bare DeepSpeed directory, or a mismatch)
+    is refused unless ``allow_unverified``, which then adds a note to the result. Pickles are
+    read by the restricted unpickler in any case (no flag makes a checkpoint run code).
+    """
     dt = {"fp32": "F32", "float32": "F32", "bf16": "BF16", "bfloat16": "BF16"}.get(dtype.lower())
     if dt is None:
         raise CheckpointError(f"dtype {dtype!r}: choose fp32 or bf16")
@@ -438,10 +446,9 @@ def convert_to_interchange(
     out = Path(out_dir)
     if out.exists() and not force:
         raise CheckpointError(f"{out}: already exists (pass --force to replace it)")
-    if verify and (ckpt / MANIFEST).is_file():
-        info = check_checkpoint(ckpt, verify_hashes=True)
-        if info.state != "valid":
-            raise CheckpointError(f"{ckpt}: {info.state}: {info.reason}")
+    unverified = verification_problem(ckpt)
+    if unverified and not allow_unverified:
+        raise CheckpointError(f"{unverified}; pass --allow-unverified to convert it anyway")
     model_cfg = _model_section(ckpt, config_path)
     from pmnet.release_format import InterchangeError, parse_config, write_metadata
 
@@ -451,6 +458,8 @@ def convert_to_interchange(
     except InterchangeError as err:
         raise CheckpointError(str(err)) from None
     plan, files, info = plan_deepspeed(ckpt)
+    if unverified:
+        info["notes"].append(f"unverified input (--allow-unverified): {unverified}")
     try:
         _check_config(cfg, plan, ckpt)
         shards: list[list[Planned]] = [[]]
@@ -494,6 +503,22 @@ def convert_to_interchange(
                          info.get("step"), info["notes"])  # fmt: skip
 
 
+def verification_problem(ckpt: Path) -> str | None:
+    """None when ``ckpt`` verifies against its manifest, else why not (one line naming the file).
+
+    An *unsafe* checkpoint (a pickle naming a global outside the allowlist) is always an
+    error, never just "unverified": no flag lets it through.
+    """
+    if not (ckpt / MANIFEST).is_file():
+        return f"{ckpt}: {MANIFEST} missing: the checkpoint cannot be verified (incomplete copy or a bare DeepSpeed directory)"
+    info = check_checkpoint(ckpt, verify_hashes=True)
+    if info.state == "unsafe":
+        raise CheckpointError(f"{ckpt}: unsafe: {info.reason}")
+    if info.state != "valid":
+        return f"{ckpt}: {info.state}: {info.reason}"
+    return None
+
+
 def _replace_dir(tmp: Path, out: Path) -> None:
     """Move a finished directory into place; an existing one is replaced only after the new one is complete."""
     old = None
@@ -513,15 +538,22 @@ def make_universal(ckpt_dir: str | Path, *, workers: int = 2, force: bool = Fals
         raise CheckpointError(f"{dest}: already exists (pass --force to rebuild it)")
     if (ckpt / MANIFEST).is_file():
         info = check_checkpoint(ckpt, verify_hashes=True)
-        if info.state != "valid" and not (force and dest.exists()):
+        if info.state == "unsafe" or (info.state != "valid" and not (force and dest.exists())):
             raise CheckpointError(f"{ckpt}: {info.state}: {info.reason}")
+    try:  # ds_to_universal unpickles with weights_only=False: nothing unlisted may reach it
+        scan_pickles(p for p in pickle_files(ckpt) if "universal" not in p.relative_to(ckpt).parts)
+    except PtReadError as err:
+        raise CheckpointError(str(err)) from None
     tmp = ckpt.parent / f".universal-{ckpt.name}-{os.getpid()}"  # outside the checkpoint until complete
     shutil.rmtree(tmp, ignore_errors=True)
-    cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(ckpt),
+    # through pmnet.checkpoint.safeload: its torch.load calls run weights-only with the allowlist too
+    cmd = [sys.executable, "-m", "pmnet.checkpoint.safeload", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(ckpt),
            "--output_folder", str(tmp), "--inject_missing_state",
            "--num_extract_workers", str(workers), "--num_merge_workers", str(max(1, workers // 2))]  # fmt: skip
     # ds_to_universal reads only DeepSpeed's files; ours (rank_*.pt, universal/) would confuse its globs
-    env = dict(os.environ, DS_ACCELERATOR=os.environ.get("DS_ACCELERATOR", "cpu"))
+    root = str(Path(__file__).resolve().parents[2])  # so -m pmnet.checkpoint.safeload imports this checkout
+    pypath = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, DS_ACCELERATOR=os.environ.get("DS_ACCELERATOR", "cpu"), PYTHONPATH=pypath)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         shutil.rmtree(tmp, ignore_errors=True)

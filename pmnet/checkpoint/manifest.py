@@ -9,7 +9,9 @@ A run keeps its checkpoints under ``<run_dir>/checkpoints/``::
 
 A checkpoint is *valid* when its ``manifest.json`` parses, every file it lists is present
 with the listed size (and sha256 when hashes are verified), no unlisted file lies beside
-them, and the files expected for the saved world size and ZeRO stage are all listed.
+them, the files expected for the saved world size and ZeRO stage are all listed, and every
+pickle in it names only allowlisted globals (:mod:`pmnet.checkpoint.safeload`; a checkpoint that
+fails only this is *unsafe*: loading it with DeepSpeed would run the code it names).
 This module needs neither DeepSpeed nor torch.distributed (tools and tests use it alone).
 """
 
@@ -62,7 +64,7 @@ TMP_PREFIX = ".tmp-"
 FORMAT = "pmnet-checkpoint-v1"
 STEP_RE = re.compile(r"^step_(\d{8,})$")
 
-State = Literal["valid", "incomplete", "corrupt"]
+State = Literal["valid", "incomplete", "corrupt", "unsafe"]
 
 
 class CheckpointError(ValueError):
@@ -307,6 +309,25 @@ def check_checkpoint(path: str | Path, *, verify_hashes: bool = True) -> Checkpo
                     crc = zip_crc_problem(path / rel)
                     why = f"corrupt: {crc}" if crc else f"{MANIFEST} lies: the file passes its zip CRC32s"
                 return bad("corrupt", f"{rel}: sha256 differs from {MANIFEST} ({why})")
+    return _check_pickles(path, files, info)
+
+
+def _check_pickles(path: Path, files: dict[str, Any], info: CheckpointInfo) -> CheckpointInfo:
+    """Every listed pickle file passes the restricted unpickler (milliseconds: metadata only)."""
+    from pmnet.checkpoint.ptread import PtReadError
+    from pmnet.checkpoint.safeload import PICKLE_SUFFIXES, UnsafeCheckpointError, scan_pickles
+
+    for rel in sorted(files):
+        if not rel.endswith(PICKLE_SUFFIXES):
+            continue
+        try:
+            scan_pickles([path / rel])
+        except UnsafeCheckpointError as err:
+            info.state, info.reason = "unsafe", str(err).replace(str(path) + "/", "")
+            return info
+        except PtReadError as err:
+            info.state, info.reason = "corrupt", str(err).replace(str(path) + "/", "")
+            return info
     return info
 
 
@@ -332,11 +353,19 @@ def scan_checkpoints(run_dir: str | Path, *, verify_hashes: bool = True) -> list
     return infos
 
 
-def find_latest_valid(run_dir: str | Path, *, verify_hashes: bool = True) -> Path | None:
-    """The newest valid checkpoint of a run (by step), or None; older ones are not even read."""
+def find_latest_valid(
+    run_dir: str | Path, *, verify_hashes: bool = True, skipped: list[CheckpointInfo] | None = None
+) -> Path | None:
+    """The newest valid checkpoint of a run (by step), or None; older ones are not even read.
+
+    ``skipped`` (when given) receives the newer checkpoints passed over (incomplete, corrupt,
+    unsafe) with their reasons, for the caller to report."""
     for entry in reversed(_candidates(checkpoints_root(run_dir))):
-        if check_checkpoint(entry, verify_hashes=verify_hashes).state == "valid":
+        info = check_checkpoint(entry, verify_hashes=verify_hashes)
+        if info.state == "valid":
             return entry
+        if skipped is not None:
+            skipped.append(info)
     return None
 
 

@@ -6,8 +6,14 @@ in fp32). This reader needs only the standard library and numpy:
 
 * ``data.pkl`` is unpickled by a restricted unpickler: containers, ``torch.Size``,
   tensors (as :class:`TensorRef`, a lazy reference: storage entry, dtype, offset, shape,
-  stride) and a few numpy scalars are allowed; DeepSpeed's bookkeeping classes become
-  inert :class:`Stub` objects; anything else is refused in one line (no code runs).
+  stride) and a few numpy scalars are allowed; the DeepSpeed bookkeeping classes named in
+  :data:`DEEPSPEED_CLASSES` become inert :class:`Stub` objects; anything else is refused in
+  one line (no code runs).
+
+:data:`ALLOWED_GLOBALS` is the project's one allowlist of pickle globals a checkpoint may
+name. :mod:`pmnet.checkpoint.safeload` enforces the same list on every ``torch.load`` DeepSpeed
+makes (``weights_only=True`` plus these classes), and :func:`check_pickle` is the scan every
+loader runs before DeepSpeed touches a file.
 * A tensor's bytes are read on demand straight from the uncompressed zip member with
   ``readinto`` (one copy, nothing cached), so peak memory is the tensor being read.
 """
@@ -25,7 +31,17 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DTYPES", "PtFile", "PtReadError", "Stub", "TensorRef", "fp32_to_bf16_bits"]
+__all__ = [
+    "ALLOWED_GLOBALS",
+    "DEEPSPEED_CLASSES",
+    "DTYPES",
+    "PtFile",
+    "PtReadError",
+    "Stub",
+    "TensorRef",
+    "check_pickle",
+    "fp32_to_bf16_bits",
+]
 
 # torch storage class name -> (safetensors dtype name, numpy dtype for the raw bytes)
 DTYPES: dict[str, tuple[str, Any]] = {
@@ -102,6 +118,40 @@ _SAFE = {
     ("builtins", "slice"): slice,
     ("builtins", "complex"): complex,
 }
+_TORCH_DTYPES = ("float32", "bfloat16", "float16", "float64", "int64", "int32", "uint8", "bool")
+_TORCH_REBUILD = (
+    ("torch._utils", "_rebuild_tensor_v2"),
+    ("torch._utils", "_rebuild_parameter"),
+    ("torch._utils", "_rebuild_parameter_with_state"),
+    ("torch._tensor", "_rebuild_from_type_v2"),
+)
+_NUMPY = (
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy", "dtype"),
+)
+
+# Every non-torch class DeepSpeed 0.19.8 pickles into a training checkpoint (ZeRO 0-3, fp32 /
+# bf16 / fp16, and the universal checkpoints of ds_to_universal), found by listing the globals
+# of real checkpoints of each kind. Anything else naming ``deepspeed.*`` is refused like any
+# other unknown global: a module path alone says nothing about what calling it does.
+DEEPSPEED_CLASSES = (
+    "deepspeed.runtime.fp16.loss_scaler.LossScaler",
+    "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
+    "deepspeed.runtime.zero.config.ZeroStageEnum",
+    "deepspeed.utils.tensor_fragment.fragment_address",
+)
+
+ALLOWED_GLOBALS: frozenset[str] = frozenset(
+    [f"{m}.{n}" for m, n in _SAFE]
+    + [f"{m}.{n}" for m, n in _TORCH_REBUILD]
+    + [f"torch.{n}" for n in DTYPES]
+    + [f"torch.{n}" for n in _TORCH_DTYPES]
+    + ["torch.Tensor", "torch.nn.Parameter", "torch.device"]
+    + [f"{m}.{n}" for m, n in _NUMPY]
+    + list(DEEPSPEED_CLASSES)
+)
+"""Every global (``module.name``) a checkpoint pickle may name; the one allowlist of the project."""
 
 
 def _numpy_global(module: str, name: str) -> Any:
@@ -123,6 +173,10 @@ class _Unpickler(pickle.Unpickler):
         self.stubs: dict[str, type] = {}
 
     def find_class(self, module: str, name: str) -> Any:
+        if f"{module}.{name}" not in ALLOWED_GLOBALS:
+            raise PtReadError(
+                f"{self.path}: refusing to unpickle {module}.{name} (not in the checkpoint allowlist; no code was run)"
+            )
         if (module, name) in _SAFE:
             return _SAFE[(module, name)]
         if module == "torch._utils" and name == "_rebuild_tensor_v2":
@@ -135,16 +189,7 @@ class _Unpickler(pickle.Unpickler):
             return lambda func, _type, args, _state: func(*args)
         if module == "torch" and name.endswith("Storage") and name in DTYPES:
             return name
-        if module == "torch" and name in (
-            "float32",
-            "bfloat16",
-            "float16",
-            "float64",
-            "int64",
-            "int32",
-            "uint8",
-            "bool",
-        ):
+        if module == "torch" and name in _TORCH_DTYPES:
             return f"torch.{name}"
         if module == "torch" and name in ("Tensor", "nn.Parameter"):
             return "torch.Tensor"  # only ever the 'type' argument of _rebuild_from_type_v2
@@ -153,7 +198,7 @@ class _Unpickler(pickle.Unpickler):
         np_obj = _numpy_global(module, name)
         if np_obj is not None:
             return np_obj
-        if module.split(".")[0] == "deepspeed":
+        if f"{module}.{name}" in DEEPSPEED_CLASSES:
             qual = f"{module}.{name}"
             if qual not in self.stubs:
                 self.stubs[qual] = type(name, (Stub,), {"qualname": qual})
@@ -167,6 +212,16 @@ class _Unpickler(pickle.Unpickler):
         if storage not in DTYPES:
             raise PtReadError(f"{self.path}: unsupported storage type {storage!r}")
         return ("storage", storage, str(key), int(numel))
+
+
+def check_pickle(path: str | Path) -> None:
+    """Unpickle a .pt file's ``data.pkl`` with the restricted unpickler only (no tensor data read).
+
+    Raises :class:`PtReadError` (one line naming the file) for a global outside
+    :data:`ALLOWED_GLOBALS`, a file that is not a torch zip, or a broken pickle. Cheap: the
+    pickle holds only tensor metadata, so a multi-GB optimizer file is checked in milliseconds.
+    """
+    PtFile(path).close()
 
 
 def _rebuild_tensor(storage: Any, offset: int, size: Any, stride: Any, *_rest: Any) -> TensorRef:

@@ -15,8 +15,10 @@ incomplete and removed by the next successful save.
 
 ``load_checkpoint`` (collective) refuses a changed model shape in one line, loads the engine
 (through the checkpoint's ``universal/`` copy when the world size changed, see
-``pmnet.checkpoint.convert.make_universal``), and restores this rank's RNG states. Our own torch
-files are read with ``weights_only=True`` (DeepSpeed reads its own files itself).
+``pmnet.checkpoint.convert.make_universal``), and restores this rank's RNG states. No file runs
+code: every rank first checks each pickle of the checkpoint against the allowlist
+(:mod:`pmnet.checkpoint.safeload`), and DeepSpeed's own ``torch.load`` calls run weights-only with
+that allowlist; our own torch files are read with ``weights_only=True``.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from pmnet.checkpoint.manifest import (
     write_latest,
 )
 from pmnet.checkpoint.manifest import find_latest_valid as _find_latest_valid
+from pmnet.checkpoint.safeload import UnsafeCheckpointError, restricted_torch_load
 from pmnet.checkpoint.version import code_version
 from pmnet.model.config import WEIGHT_SHAPE_FIELDS
 
@@ -125,19 +128,21 @@ def _agree(error: str | None) -> None:
 
 
 def find_latest_valid(run_dir: str | Path, *, verify_hashes: bool = True) -> Path | None:
-    """The newest valid checkpoint of a run (sha256-verified), or None.
+    """The newest valid checkpoint of a run (sha256-verified, pickles allowlisted), or None.
 
-    Collective when torch.distributed is initialised: rank 0 reads and hashes, the others
-    receive its answer (every rank calls it), so a large checkpoint is read once, not once per rank.
+    Newer checkpoints passed over (incomplete, corrupt, unsafe) are logged as warnings, one
+    line each with the reason. Collective when torch.distributed is initialised: rank 0 reads
+    and hashes, the others receive its answer (every rank calls it), so a large checkpoint is
+    read once, not once per rank.
     """
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return _find_latest_valid(run_dir, verify_hashes=verify_hashes)
+        return _find_and_report(run_dir, verify_hashes)
     box: list[Any] = [None]
     if dist.get_rank() == 0:
         try:
-            found = _find_latest_valid(run_dir, verify_hashes=verify_hashes)
+            found = _find_and_report(run_dir, verify_hashes)
             box[0] = ("ok", str(found) if found else None)
         except Exception as err:  # every rank must learn of it, or the others wait forever
             box[0] = ("error", f"{type(err).__name__}: {err}")
@@ -146,6 +151,17 @@ def find_latest_valid(run_dir: str | Path, *, verify_hashes: bool = True) -> Pat
     if kind == "error":
         raise CheckpointError(f"scanning {run_dir} for checkpoints failed on rank 0: {value}")
     return Path(value) if value else None
+
+
+def _find_and_report(run_dir: str | Path, verify_hashes: bool) -> Path | None:
+    import logging
+
+    skipped: list[CheckpointInfo] = []
+    found = _find_latest_valid(run_dir, verify_hashes=verify_hashes, skipped=skipped)
+    log = logging.getLogger("pmnet.train")
+    for info in skipped:
+        log.warning(f"not resuming from {info.path}: {info.state}: {info.reason}")
+    return found
 
 
 # ---------------------------------------------------------------- small pieces
@@ -410,6 +426,38 @@ def _check_shapes(ckpt: Path, meta: dict[str, Any], saved_cfg: dict[str, Any], e
                 )
 
 
+def _unsafe_reason(ckpt: Path) -> str | None:
+    """None when every pickle under ``ckpt`` passes the allowlist, else the one-line refusal."""
+    from pmnet.checkpoint.ptread import PtReadError
+    from pmnet.checkpoint.safeload import pickle_files, scan_pickles
+
+    try:
+        scan_pickles(pickle_files(ckpt))
+    except PtReadError as err:
+        return f"refusing to load the checkpoint: {err}"
+    return None
+
+
+def _load_engine(engine: Any, ckpt: Path, universal: bool, load_optimizer: bool) -> Any:
+    """DeepSpeed's load of the engine state (from ``universal/`` when the world size changed)."""
+    if universal:
+        prev = engine._config.load_universal_checkpoint
+        engine._config.load_universal_checkpoint = True
+        try:
+            path, _ = engine.load_checkpoint(
+                str(ckpt), tag="universal", load_optimizer_states=load_optimizer,
+                load_lr_scheduler_states=load_optimizer,
+            )  # fmt: skip
+        finally:
+            engine._config.load_universal_checkpoint = prev
+        return path
+    path, _ = engine.load_checkpoint(
+        str(ckpt.parent), tag=ckpt.name, load_optimizer_states=load_optimizer,
+        load_lr_scheduler_states=load_optimizer,
+    )  # fmt: skip
+    return path
+
+
 def load_checkpoint(
     engine: Any,
     ckpt_dir: str | Path,
@@ -448,6 +496,7 @@ def load_checkpoint(
         )
     cur_batch = int(engine.train_batch_size())
     saved_batch = int(meta.get("train_batch_size", cur_batch))
+    _agree(_unsafe_reason(ckpt))  # before DeepSpeed opens any file; every rank checks its own view
     if strict_data and saved_batch != cur_batch:
         raise CheckpointError(
             f"{ckpt}: saved with global batch {saved_batch}, this run has {cur_batch}: the data stream "
@@ -455,21 +504,11 @@ def load_checkpoint(
             f"set train.global_batch_size={saved_batch}"
         )
 
-    if universal:
-        prev = engine._config.load_universal_checkpoint
-        engine._config.load_universal_checkpoint = True
-        try:
-            path, _ = engine.load_checkpoint(
-                str(ckpt), tag="universal", load_optimizer_states=load_optimizer,
-                load_lr_scheduler_states=load_optimizer,
-            )  # fmt: skip
-        finally:
-            engine._config.load_universal_checkpoint = prev
-    else:
-        path, _ = engine.load_checkpoint(
-            str(ckpt.parent), tag=ckpt.name, load_optimizer_states=load_optimizer,
-            load_lr_scheduler_states=load_optimizer,
-        )  # fmt: skip
+    try:
+        with restricted_torch_load(str(ckpt)):
+            path = _load_engine(engine, ckpt, universal, load_optimizer)
+    except UnsafeCheckpointError as err:
+        raise CheckpointError(f"refusing to load the checkpoint: {err}") from None
     if path is None:
         raise CheckpointError(f"{ckpt}: DeepSpeed could not load the engine state")
 

@@ -4,6 +4,8 @@
   uninterrupted run for resume tests and the source of the corruption tests).
 * ``z3_run``: tiny PMNet, ZeRO-3, fp32, 4 steps, checkpoints at steps 2 and 4, logits of a fixed input
   (reference memory implementation, see the fixture).
+* ``trainer_run``: the real trainer (``python -m pmnet.train``) on the session shards, 2 ranks, ZeRO-2,
+  fp32, 6 steps, checkpoints at steps 3 and 6 (the uninterrupted reference of the end-to-end tests).
 
 Tests copy a run directory before changing anything in it.
 """
@@ -16,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.ckpt.helpers import launch
+from tests.ckpt.helpers import launch, run_trainer, trainer_overrides
 
 
 class Run:
@@ -57,3 +59,11 @@ def z3_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     spec = {"stage": 3, "precision": "fp32", "steps": 4, "save_at": [2, 4], "run_dir": str(work / "run"), "logits": True,
             "model": {"memory_impl": "reference"}}  # fmt: skip
     return Run(work / "run", launch(spec, work / "job", 2))
+
+
+@pytest.fixture(scope="session")
+def trainer_run(shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The uninterrupted reference: 2 ranks, ZeRO-2, 6 steps, checkpoints at steps 3 and 6 (its run directory)."""
+    root = tmp_path_factory.mktemp("e2e_runs")
+    run_trainer(trainer_overrides(shards, root, "full"), 2, root / "full")
+    return root / "full"

@@ -56,3 +56,63 @@ def run_tool(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[st
     """Run ``python tools/<args>`` from the repo root; returns the completed process."""
     env = dict(os.environ, PYTHONPATH=str(REPO), DS_ACCELERATOR="cpu")
     return subprocess.run([PY, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def trainer_overrides(shards: Path, root: Path, name: str, **extra: object) -> list[str]:
+    """Overrides of configs/demo.yaml for a tiny 2-rank-able CPU run of the real trainer (ZeRO-2, fp32,
+    6 steps, checkpoints every 3) on the session shards."""
+    from tests.conftest import TINY_SAMPLE_BYTES
+
+    o: dict[str, object] = {
+        "train.run_root": root, "train.run_name": name, "data.streams": f"[{{local: {shards}, split: train}}]",
+        "data.val_streams": "[]", "data.sample_bytes": TINY_SAMPLE_BYTES, "data.num_workers": 0,
+        "train.micro_batch_size": 4, "train.global_batch_size": 8, "train.max_steps": 6, "train.precision": "fp32",
+        "train.device": "cpu", "optim.warmup_steps": 2, "eval.interval": 0, "checkpoint.interval": 3,
+        "checkpoint.keep_last": 3, "logging.log_interval": 1, "logging.console_interval": 1,
+        "logging.memory_diagnostics_interval": 0, "deepspeed.zero_stage": 2,
+    }  # fmt: skip
+    o.update(extra)
+    return [f"{k}={v}" for k, v in o.items()]
+
+
+def trainer_cmd(overrides: list[str]) -> list[str]:
+    """``python -m pmnet.train configs/demo.yaml OVERRIDES`` (one process per rank, as the launcher runs it)."""
+    return [PY, "-m", "pmnet.train", "configs/demo.yaml", *overrides]
+
+
+def run_trainer(overrides: list[str], ranks: int, log: Path, timeout: float = 400) -> str:
+    """The real trainer on ``ranks`` CPU processes; returns rank 0's log (fails loudly on any bad exit)."""
+    codes = run_ranks(trainer_cmd(overrides), ranks, lambda r: log.with_suffix(f".rank{r}.log"), timeout)
+    out = log.with_suffix(".rank0.log").read_text(errors="replace")
+    if any(c != 0 for c in codes):
+        others = "".join(log.with_suffix(f".rank{r}.log").read_text(errors="replace")[-2000:] for r in range(1, ranks))
+        raise AssertionError(f"trainer exit codes {codes}\n{out[-4000:]}\n{others}")
+    return out
+
+
+class Payload:
+    """Pickles as a call of ``os.system`` (what a malicious checkpoint carries)."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (os.system, (self.command,))
+
+
+def plant_payload(pt_file: Path, marker: Path, *, rehash: bool = True) -> None:
+    """Rewrite a real checkpoint file so that unpickling it runs ``touch MARKER`` (posix.system), and
+    (``rehash``) re-hash the checkpoint's manifest.json to match, as an attacker with write access would."""
+    import hashlib
+
+    import torch
+
+    obj = torch.load(pt_file, map_location="cpu", weights_only=False)  # a file this test session wrote itself
+    obj["payload"] = Payload(f"touch {marker}")
+    torch.save(obj, pt_file)
+    manifest = pt_file.parent / "manifest.json"
+    if rehash and manifest.is_file():
+        m = json.loads(manifest.read_text())
+        m["files"][pt_file.name] = {"size": pt_file.stat().st_size,
+                                    "sha256": hashlib.sha256(pt_file.read_bytes()).hexdigest()}  # fmt: skip
+        manifest.write_text(json.dumps(m, indent=1, sort_keys=True) + "\n")

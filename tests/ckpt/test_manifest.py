@@ -31,10 +31,13 @@ def fake_ckpt(root: Path, step: int, *, world: int = 1) -> Path:
     (d / "meta.json").write_text(json.dumps({"step": step, "world_size": world, "zero_stage": 1}))
     (d / "trainer_state.json").write_text(json.dumps({"step": step}))
     (d / "config.yaml").write_text("model: {}\n")
-    (d / "mp_rank_00_model_states.pt").write_bytes(b"m" * 100)
+    # small real torch files: a checkpoint's pickles are checked against the allowlist
+    torch.save({"module": {"w": torch.zeros(25)}}, d / "mp_rank_00_model_states.pt")
     for r in range(world):
-        (d / f"rank_{r:05d}.pt").write_bytes(b"r")
-        (d / f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt").write_bytes(b"o" * 50)
+        torch.save({"rank": r}, d / f"rank_{r:05d}.pt")
+        torch.save(
+            {"optimizer_state_dict": {"step": torch.ones(3)}}, d / f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt"
+        )
     files = hash_files(d, list_files(d))
     (d / "manifest.json").write_text(json.dumps({"step": step, "files": files}))
     return d

@@ -21,36 +21,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.ckpt.helpers import REPO, run_ranks, run_tool
-from tests.conftest import TINY_SAMPLE_BYTES as SAMPLE_BYTES
+from tests.ckpt.helpers import REPO, run_tool
+from tests.ckpt.helpers import run_trainer as train
+from tests.ckpt.helpers import trainer_overrides as _overrides
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
 
 REL_TOL = 1e-4  # fp32; 2 -> 1 rank changes only the gradient summation order (measured: equal to 5 digits)
-
-
-def _overrides(shards: Path, root: Path, name: str, **extra: object) -> list[str]:
-    o: dict[str, object] = {
-        "train.run_root": root, "train.run_name": name, "data.streams": f"[{{local: {shards}, split: train}}]",
-        "data.val_streams": "[]", "data.sample_bytes": SAMPLE_BYTES, "data.num_workers": 0,
-        "train.micro_batch_size": 4, "train.global_batch_size": 8, "train.max_steps": 6, "train.precision": "fp32",
-        "train.device": "cpu", "optim.warmup_steps": 2, "eval.interval": 0, "checkpoint.interval": 3,
-        "checkpoint.keep_last": 3, "logging.log_interval": 1, "logging.console_interval": 1,
-        "logging.memory_diagnostics_interval": 0, "deepspeed.zero_stage": 2,
-    }  # fmt: skip
-    o.update(extra)
-    return [f"{k}={v}" for k, v in o.items()]
-
-
-def train(overrides: list[str], ranks: int, log: Path, timeout: float = 400) -> str:
-    """``python -m pmnet.train configs/demo.yaml OVERRIDES`` on ``ranks`` CPU processes; returns rank 0's log."""
-    cmd = [sys.executable, "-m", "pmnet.train", "configs/demo.yaml", *overrides]
-    codes = run_ranks(cmd, ranks, lambda r: log.with_suffix(f".rank{r}.log"), timeout)
-    out = log.with_suffix(".rank0.log").read_text(errors="replace")
-    if any(c != 0 for c in codes):
-        others = "".join(log.with_suffix(f".rank{r}.log").read_text(errors="replace")[-2000:] for r in range(1, ranks))
-        raise AssertionError(f"trainer exit codes {codes}\n{out[-4000:]}\n{others}")
-    return out
 
 
 def tb_losses(run_dir: Path) -> dict[int, float]:
@@ -65,17 +42,9 @@ def loader_state(ckpt: Path) -> dict:
     return torch.load(ckpt / "rank_00000.pt", weights_only=True)["dataloader"]
 
 
-@pytest.fixture(scope="module")
-def full_run(shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The uninterrupted reference: 2 ranks, ZeRO-2, 6 steps, checkpoints at steps 3 and 6."""
-    root = tmp_path_factory.mktemp("e2e_runs")
-    train(_overrides(shards, root, "full"), 2, root / "full")
-    return root / "full"
-
-
-def test_saved_on_two_ranks_resumed_on_one(shards: Path, full_run: Path, tmp_path: Path) -> None:
+def test_saved_on_two_ranks_resumed_on_one(shards: Path, trainer_run: Path, tmp_path: Path) -> None:
     run = tmp_path / "resumed"
-    shutil.copytree(full_run, run, ignore=shutil.ignore_patterns("tb", "step_00000006"))
+    shutil.copytree(trainer_run, run, ignore=shutil.ignore_patterns("tb", "step_00000006"))
     p = run_tool("tools/resume.py", str(run), "--json")  # latest named step 6: repaired to step 3
     rep = json.loads(p.stdout)
     assert p.returncode == 0 and rep["repaired"] and rep["latest_after"] == "step_00000003", p.stdout
@@ -88,12 +57,12 @@ def test_saved_on_two_ranks_resumed_on_one(shards: Path, full_run: Path, tmp_pat
     assert p.returncode == 0 and "none repeated or skipped" in p.stdout, p.stderr
     out = train(_overrides(shards, tmp_path, "resumed"), 1, tmp_path / "resumed")
     assert "resumed from" in out and "step_00000003" in out
-    ref, got = tb_losses(full_run), tb_losses(run)
+    ref, got = tb_losses(trainer_run), tb_losses(run)
     assert sorted(got) == [4, 5, 6]
     for step, loss in got.items():
         assert math.isclose(loss, ref[step], rel_tol=REL_TOL), (step, loss, ref[step])
     # the stream continued at the exact next sample: same loader position and counters as uninterrupted
-    end_full, end_res = full_run / "checkpoints" / "step_00000006", run / "checkpoints" / "step_00000006"
+    end_full, end_res = trainer_run / "checkpoints" / "step_00000006", run / "checkpoints" / "step_00000006"
     assert loader_state(end_res) == loader_state(end_full)
     ts_full = json.loads((end_full / "trainer_state.json").read_text())
     ts_res = json.loads((end_res / "trainer_state.json").read_text())
@@ -105,12 +74,12 @@ def test_saved_on_two_ranks_resumed_on_one(shards: Path, full_run: Path, tmp_pat
     assert p.returncode == 0, p.stdout
 
 
-def test_interchange_to_init_from(shards: Path, full_run: Path, tmp_path: Path) -> None:
+def test_interchange_to_init_from(shards: Path, trainer_run: Path, tmp_path: Path) -> None:
     """Export step 6, start a fresh run from it with train.init_from: the trainer's model = the export."""
     from pmnet.model import load_pretrained
 
     export = tmp_path / "export"
-    p = run_tool("tools/convert_checkpoint.py", "interchange", str(full_run), str(export))  # run dir = newest valid
+    p = run_tool("tools/convert_checkpoint.py", "interchange", str(trainer_run), str(export))  # run dir = newest valid
     assert p.returncode == 0, p.stderr
     p = run_tool("tools/convert_checkpoint.py", "start-from", str(export), "--json")
     assert p.returncode == 0 and "train.init_from=" in json.loads(p.stdout)["command"]
