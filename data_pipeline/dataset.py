@@ -29,6 +29,9 @@ step, and it counts this rank's yielded samples times the world size. Every rank
 
 Why a dict batch: StreamingDataLoader counts resume samples from the first value of a dict
 batch; a tuple would make it count wrongly (FACTS.md).
+
+RNG: a loader never draws from the global torch generator (each has its own, see
+``loader_generator``), so building or iterating loaders leaves the training RNG streams alone.
 """
 
 from __future__ import annotations
@@ -191,8 +194,21 @@ def _loader(dataset: ByteSampleDataset, data_cfg: Any, batch_size: int, drop_las
         drop_last=drop_last,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=False,
+        generator=loader_generator(data_cfg.shuffle_seed),
         **extra,
     )
+
+
+def loader_generator(seed: int) -> torch.Generator:
+    """The loader's own torch generator (seeded from the data seed).
+
+    Every ``iter(loader)`` draws the workers' base seed from ``loader.generator``; without one
+    torch draws it from the *global* generator, so creating an iterator (a new epoch, a resume, a
+    validation pass) would shift the training RNG stream that dropout draws from, and a resumed run
+    would no longer repeat the uninterrupted one. Our datasets draw no random numbers in workers
+    (shuffling is streaming's, seeded by ``shuffle_seed``), so the base seed affects no sample.
+    """
+    return torch.Generator().manual_seed(int(seed))
 
 
 def build_train_dataloader(data_cfg: Any, micro_batch_size: int, *, seed_offset: int = 0) -> StreamingDataLoader:

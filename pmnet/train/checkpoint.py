@@ -86,6 +86,7 @@ class LoadedCheckpoint:
     dataloader_state: dict[str, Any] | None
     config: dict[str, Any]
     meta: dict[str, Any] = field(default_factory=dict)
+    rng: dict[str, Any] | None = None  # this rank's saved RNG states (None: the checkpoint has none for it)
 
     @property
     def step(self) -> int:
@@ -526,4 +527,5 @@ def load_checkpoint(
         dataloader_state=rank_state.get("dataloader"),
         config=saved_cfg,
         meta=meta,
+        rng=rank_state["rng"] if own.is_file() else None,
     )

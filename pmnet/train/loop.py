@@ -98,6 +98,8 @@ class Trainer:
         self._signal: int | None = None
         self._iter: Iterator[dict[str, torch.Tensor]] | None = None
         self._inject = set(cfg.train.inject_nan_at_steps)
+        # RNG states of a checkpoint, installed at the next step boundary (see ``fit``)
+        self.pending_rng: dict[str, Any] | None = None
 
     # ---- signals ---------------------------------------------------------
     def _on_signal(self, signum: int, _frame: Any) -> None:
@@ -220,6 +222,7 @@ class Trainer:
         reason, code = "finished", EXIT_OK
         while self.state.step < last_step:
             nxt = self.state.step + 1
+            self._install_pending_rng()
             for h in self.hooks:
                 if hasattr(h, "on_step_start"):
                     h.on_step_start(self, nxt)
@@ -249,6 +252,20 @@ class Trainer:
         for h in self.hooks:
             h.on_train_end(self, reason)
         return code
+
+    def _install_pending_rng(self) -> None:
+        """Put a resumed run's RNG states in place at the step boundary where they were saved.
+
+        A checkpoint captures the states between step N's hooks and step N+1. A resume loads them
+        before its own set-up (hooks' ``on_train_start``, loaders, DeepSpeed) has run; installing
+        them again here, at the same boundary, keeps any draw made by that set-up out of step N+1.
+        """
+        if self.pending_rng is None:
+            return
+        from pmnet.train.checkpoint import restore_rng_state
+
+        restore_rng_state(self.pending_rng)
+        self.pending_rng = None
 
     def _account(self, stats: StepStats) -> None:
         s = self.state

@@ -22,7 +22,7 @@ from pmnet.train.loop import Trainer
 from pmnet.train.metrics import LOG, MetricsWriter, measure_peak_tflops, setup_logging
 from pmnet.train.profiling import ProfilerHook
 
-__all__ = ["train", "run_dir_of", "use_compile_cache"]
+__all__ = ["train", "run_dir_of", "seed_everything", "use_compile_cache"]
 
 
 def run_dir_of(cfg: Config) -> Path:
@@ -37,7 +37,7 @@ def train(cfg: Config, env: DistEnv) -> int:
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
-    torch.manual_seed(cfg.train.seed)
+    seed_everything(cfg.train.seed)
     if cfg.train.compile:
         use_compile_cache(cfg, run_dir)
     ds_config = deepspeed_config(cfg, env.world_size)
@@ -86,6 +86,22 @@ def use_compile_cache(cfg: Config, run_dir: Path) -> Path | None:
     return path
 
 
+def seed_everything(seed: int) -> None:
+    """Seed every global RNG a checkpoint saves: python, numpy, torch (CPU and every CUDA device).
+
+    The same seed on every rank (the model is initialised identically everywhere). Python's and
+    numpy's generators are seeded even though training draws nothing from them: an unseeded one
+    starts from OS entropy, so its saved state would differ between two runs of the same command.
+    """
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 def _resumable(run_dir: Path) -> Path | None:
     from pmnet.train.checkpoint import find_latest_valid
 
@@ -95,12 +111,14 @@ def _resumable(run_dir: Path) -> Path | None:
 def resume(trainer: Trainer, ckpt: Path) -> None:
     """Continue from checkpoint ``ckpt``: engine, counters, data position, RNG states.
 
-    ``load_checkpoint`` refuses a changed model shape or global batch in one line.
+    ``load_checkpoint`` refuses a changed model shape or global batch in one line. The RNG states
+    are installed once more at the first step boundary (``Trainer.fit``), where they were captured.
     """
     from pmnet.train.checkpoint import load_checkpoint
 
     loaded = load_checkpoint(trainer.engine, ckpt, load_optimizer=True, expected_config=trainer.cfg)
     trainer.state.load(loaded.trainer_state or {})
+    trainer.pending_rng = loaded.rng
     if loaded.dataloader_state is not None and hasattr(trainer.loader, "load_state_dict"):
         trainer.loader.load_state_dict(loaded.dataloader_state)
     LOG.info(f"resumed from {ckpt} at step {trainer.state.step} ({trainer.state.bytes_seen:,} bytes seen)")

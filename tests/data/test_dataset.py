@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from data_pipeline.dataset import build_train_dataloader, build_val_dataloader
 from data_pipeline.errors import DataPipelineError
@@ -106,6 +107,7 @@ def test_batches_shift_and_pad_and_val_order(shared_data: Path, tmp_path: Path) 
     )
     stored = read_split_samples(out / "val")
     assert len(stored[-1]) < 257  # the kept tail: a short final sample
+    rng = torch.get_rng_state()
     val = build_val_dataloader(cfg, 4)
     for _ in range(2):  # two passes: same order, the storage order, short last batch kept
         got = []
@@ -121,6 +123,8 @@ def test_batches_shift_and_pad_and_val_order(shared_data: Path, tmp_path: Path) 
     train = build_train_dataloader(cfg, 4)
     shapes = {tuple(b["input_ids"].shape) for b in train}
     assert shapes == {(4, 256)}  # drop_last: every training batch is full
+    # building and iterating loaders draws nothing from the global generator (dropout's stream)
+    assert torch.equal(torch.get_rng_state(), rng)
 
 
 @pytest.mark.timeout(180)
