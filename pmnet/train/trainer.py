@@ -18,15 +18,10 @@ from pmnet.train.engine import build_engine, build_model, deepspeed_config
 from pmnet.train.hooks import CheckpointHook, EvalHook, MetricsHook
 from pmnet.train.loop import Trainer
 from pmnet.train.metrics import LOG, MetricsWriter, measure_peak_tflops, setup_logging
+from pmnet.train.preflight import SHAPE_FIELDS  # model fields a resume or init_from must keep
 from pmnet.train.profiling import ProfilerHook
 
 __all__ = ["train", "run_dir_of", "SHAPE_FIELDS"]
-
-# Fields whose change makes old weights unusable (a resume with a new value is refused).
-SHAPE_FIELDS = (
-    "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "head_dim", "vocab_size",
-    "memory_size", "num_memory", "num_memory_read_heads", "memory_write_period", "use_memory", "tie_word_embeddings",
-)  # fmt: skip
 
 
 def run_dir_of(cfg: Config) -> Path:
