@@ -31,7 +31,7 @@ def test_copy_paste_recipe_trains_and_evaluates(tmp_path: Path) -> None:
     proc = subprocess.run(
         ["bash", "launchers/pretrain.sh", "configs/copy_paste_30m.yaml", *overrides,
          "--cpu-ranks", "1", "--master-port", str(free_port())],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     run = tmp_path / "runs" / "copy_paste_30m"
@@ -47,7 +47,7 @@ def test_copy_paste_recipe_trains_and_evaluates(tmp_path: Path) -> None:
         assert len(list(csv.DictReader(fh))) == 2
     curves = subprocess.run(
         [sys.executable, "-m", "pmnet.eval.run_logs", str(run), "--labels", "tiny", "--out", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        cwd=REPO, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert curves.returncode == 0, curves.stderr
     with open(out / "train_curves.csv") as fh:
