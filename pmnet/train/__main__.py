@@ -44,7 +44,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--help-config", action="store_true", help="list every config field with its doc")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)  # flags may come between the overrides
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

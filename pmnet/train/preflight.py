@@ -119,8 +119,9 @@ def _check_stream(s: Any, sample_bytes: int, chunks: int, where: str) -> str | N
         cache = _join(s.local, s.split) if s.local else None
         if cache is None or not (cache / "index.json").is_file():
             return f"{where}: remote {s.remote} not checked before download (no cached index.json yet)"
-        _check_index_dir(cache, sample_bytes, chunks, where, shards_optional=True)
-        return f"{where}: checked the cached index of remote {s.remote} in {cache}"
+        stored = _check_index_dir(cache, sample_bytes, chunks, where, shards_optional=True)
+        size = f"{stored}-byte samples" if stored else "sample size not checked: no shard cached yet"
+        return f"{where}: checked the cached index of remote {s.remote} in {cache} ({size})"
     if s.remote:  # a local directory standing in for remote storage; local is the cache
         _check_index_dir(_join(s.remote, s.split), sample_bytes, chunks, where, shards_optional=False)
         if s.local:
@@ -144,7 +145,8 @@ def _check_creatable(path: Path, where: str) -> None:
         raise ConfigError(f"{where}: cache directory {path} cannot be created or written ({existing} is not writable)")
 
 
-def _check_index_dir(d: Path, sample_bytes: int, chunks: int, where: str, *, shards_optional: bool) -> None:
+def _check_index_dir(d: Path, sample_bytes: int, chunks: int, where: str, *, shards_optional: bool) -> int | None:
+    """Check an MDS split directory; returns the stored sample size (None: could not be read)."""
     if not d.is_dir():
         raise ConfigError(f"{where}: {d} does not exist")
     index_path = d / "index.json"
@@ -181,6 +183,7 @@ def _check_index_dir(d: Path, sample_bytes: int, chunks: int, where: str, *, sha
             f"{where}: shards in {d} hold samples of {stored} bytes but data.sample_bytes={sample_bytes}; {how}, "
             f"or reshard with --sample-bytes {sample_bytes}"
         )
+    return stored
 
 
 def _stored_sample_bytes(
@@ -378,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--world-size", type=int, default=None)
     p.add_argument("--allow-change", action="append", default=[], metavar="FIELD[,FIELD]")
     p.add_argument("--quiet", action="store_true", help="print nothing unless there is a problem")
-    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    args = p.parse_intermixed_args(sys.argv[1:] if argv is None else argv)
     if "=" in args.config:
         print(f"error: the first argument must be the config file, got {args.config!r}", file=sys.stderr)
         return 2

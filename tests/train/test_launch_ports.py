@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.train.conftest import SAMPLE_BYTES, launch_env, run_launch
+from tests.train.conftest import REPO, SAMPLE_BYTES, launch_env, run_launch
 
 
 @contextlib.contextmanager
@@ -46,3 +48,28 @@ def test_demo_runs_with_its_old_port_taken_and_after_losing_the_race(shards: Pat
     assert "Traceback" not in res.out, res.explain()
     assert "validation (held-out documents): eval at step 2: val bpb" in res.out, res.explain()
     assert (demo_dir / "demo" / "checkpoints" / "step_00000004").is_dir()
+
+
+_BARE = """
+import itertools, sys
+import pmnet.train.distributed as d
+from pmnet.config import load_config
+from pmnet.train.__main__ import _setup_distributed
+picks = itertools.chain([int(sys.argv[1])], iter(d._free_port, None))
+d._free_port = lambda: next(picks)  # the first port a bare process picks is (by then) taken
+env = _setup_distributed(load_config("configs/demo.yaml"))
+import os, torch.distributed as dist
+print("world", dist.get_world_size(), "port", os.environ["MASTER_PORT"])
+"""
+
+
+def test_bare_trainer_process_retries_a_port_it_lost(tmp_path: Path) -> None:
+    """A bare ``python -m pmnet.train`` picks its own rendezvous port; if that one is taken by the
+    time the store binds it, it picks another instead of failing."""
+    with _listening(0) as lost:
+        env = launch_env()
+        p = subprocess.run([sys.executable, "-c", _BARE, str(lost)], cwd=REPO, env=env, capture_output=True,
+                           text=True, timeout=600)  # fmt: skip
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    _, world, _, port = p.stdout.strip().splitlines()[-1].split()
+    assert world == "1" and port != str(lost)

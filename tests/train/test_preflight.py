@@ -87,6 +87,7 @@ def test_remote_streams_check_what_is_local(shards: Path, tmp_path: Path) -> Non
     # ... unless the local cache already holds the index (and shards): then it is checked
     _copy_split(shards, tmp_path / "cache")
     assert "checked the cached index" in preflight(_cfg(shards, tmp_path, remote), 1).notes[0]
+    assert f"({SAMPLE_BYTES}-byte samples)" in preflight(_cfg(shards, tmp_path, remote), 1).notes[0]
     _refused(_cfg(shards, tmp_path, remote, "data.sample_bytes=257"), "hold samples of 129 bytes")
     # a local directory standing in for the remote is checked in full
     stand_in = f"data.streams=[{{remote: {shards}, split: train, local: {tmp_path / 'c2'}}}]"
