@@ -3,5 +3,6 @@
 Modules: ``trainer`` (train(): wiring), ``loop`` (optimizer steps, truncated BPTT, skip/stop
 agreement), ``engine`` (DeepSpeed JSON, AdamW groups, LR schedule, ZeRO-3 construction),
 ``hooks`` (metrics, eval, checkpoint cadence), ``metrics`` (TensorBoard, console, log file),
-``distributed`` (process groups), ``checkpoint`` / ``manifest`` (checkpoint files).
+``distributed`` (process groups), ``checkpoint`` / ``manifest`` (checkpoint files), ``preflight``
+(data streams and the run directory's saved config, checked before any rank starts).
 """
