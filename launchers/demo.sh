@@ -5,15 +5,18 @@
 #
 #   bash launchers/demo.sh [section.key=value ...]     (overrides go to the training run)
 #
-# Data: runs/demo-data (kept between demos); run: runs/demo (replaced by each demo).
+# Data: runs/demo-data (kept between demos); run: runs/demo (replaced by each demo); another
+# folder than runs/ with PMNET_DEMO_DIR. The rendezvous port is a free one the launcher picks
+# (MASTER_PORT=P to give one).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
 PY="${PMNET_PYTHON:-python}"
 export PMNET_PYTHON="$PY"
-DATA=runs/demo-data
-RUN=runs/demo
+DIR="${PMNET_DEMO_DIR:-runs}"
+DATA="$DIR/demo-data"
+RUN="$DIR/demo"
 START=$(date +%s)
 
 echo "== 1/3 shard the shipped sample text into $DATA"
@@ -26,7 +29,8 @@ fi
 
 echo "== 2/3 train the tiny preset on CPU (configs/demo.yaml)"
 rm -rf "$RUN"
-bash launchers/pretrain.sh configs/demo.yaml --cpu-ranks 1 --master-port "${MASTER_PORT:-29517}" "$@"
+bash launchers/pretrain.sh configs/demo.yaml --cpu-ranks 1 train.run_root="$DIR" \
+    "data.streams=[{local: '$DATA', split: train}]" "data.val_streams=[{local: '$DATA', split: val}]" "$@"
 
 echo "== 3/3 evaluate (validation BPB; BPB by position on a shipped book; a PNG of both)"
 BPB=$(grep -o 'eval at step [0-9]*: val bpb [0-9.]*' "$RUN/train.log" | tail -1 || true)

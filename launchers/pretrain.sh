@@ -20,10 +20,18 @@
 #   --num-nodes N     nodes in the job                              [NNODES]
 #   --node-rank R     this node's rank (selects the no-ssh mode)    [NODE_RANK]
 #   --master-addr A   address of node 0                             [MASTER_ADDR, default 127.0.0.1]
-#   --master-port P   rendezvous port                               [MASTER_PORT, default 29500;
-#                     single node: the first free port from 29500 on, so two runs can share a machine]
+#   --master-port P   rendezvous port                               [MASTER_PORT; multi-node default 29500]
+#                     single node without one: a free port from the OS, and a relaunch on a fresh one
+#                     if another process takes it first; a given port that is taken: one error line
 #   --slurm           read the layout from SLURM_* variables
-#   --dry-run         print config, parameter count, FLOPs/byte, world layout, DeepSpeed JSON, command
+#   --allow-change F  accept a resume that changes the schedule / optimizer field F (comma-separated
+#                     or repeated): train.max_steps, optim.{schedule,lr,min_lr_ratio,warmup_steps,
+#                     decay_fraction,betas,eps,weight_decay}; without it such a resume is refused
+#   --dry-run         print config, parameter count, FLOPs/byte, pre-flight, world layout, DeepSpeed
+#                     JSON, command
+# Before any rank starts (and with --dry-run) one Python process runs the pre-flight
+# (pmnet.train.preflight): every data stream's index and sample size, and the run directory's
+# saved config against this one (a changed model shape or global batch is always refused).
 # SIGTERM, SIGUSR1 or Ctrl-C to this script (or its process group): every rank checkpoints at the
 # next step boundary and the job exits 0; a second Ctrl-C stops without a checkpoint.
 # The Python used is $PMNET_PYTHON, else `python` on PATH.
@@ -33,6 +41,8 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PMNET_PYTHON:-python}"
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 die() { echo "pretrain.sh: error: $*" >&2; exit 2; }
+TMP_FILES=()
+trap 'rm -f "${TMP_FILES[@]}"' EXIT
 
 # ---------------------------------------------------------------- per-rank mode
 if ! compgen -G "/dev/nvidia[0-9]*" > /dev/null; then
@@ -48,6 +58,7 @@ if [[ -n "${RANK:-}" && -n "${WORLD_SIZE:-}" && -n "${LOCAL_RANK:-}" && -n "${MA
 fi
 
 # ---------------------------------------------------------------- arguments
+unset PMNET_PORT_IN_USE_FILE PMNET_PREFLIGHT_REPORTED  # set below for the ranks of this launch
 CPU_RANKS="${PMNET_CPU_RANKS:-1}"
 GPUS="${PMNET_GPUS:-}"
 HOSTFILE="${PMNET_HOSTFILE:-}"
@@ -55,10 +66,11 @@ NUM_NODES="${NNODES:-}"
 NODE_RANK_ARG="${NODE_RANK:-}"
 M_ADDR="${MASTER_ADDR:-}"
 M_PORT="${MASTER_PORT:-29500}"
-PORT_GIVEN=0; [[ -n "${MASTER_PORT:-}" ]] && PORT_GIVEN=1
+PORT_GIVEN=0; PORT_SRC=""; [[ -n "${MASTER_PORT:-}" ]] && { PORT_GIVEN=1; PORT_SRC="MASTER_PORT"; }
 SLURM=0
 DRY=0
 ARGS=()
+ALLOW=()
 need_value() { [[ $# -ge 2 && -n "$2" ]] || die "$1 needs a value"; }
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -68,10 +80,11 @@ while [[ $# -gt 0 ]]; do
         --num-nodes) need_value "$@"; NUM_NODES="$2"; shift 2 ;;
         --node-rank) need_value "$@"; NODE_RANK_ARG="$2"; shift 2 ;;
         --master-addr) need_value "$@"; M_ADDR="$2"; shift 2 ;;
-        --master-port) need_value "$@"; M_PORT="$2"; PORT_GIVEN=1; shift 2 ;;
+        --master-port) need_value "$@"; M_PORT="$2"; PORT_GIVEN=1; PORT_SRC="--master-port"; shift 2 ;;
         --slurm) SLURM=1; shift ;;
         --dry-run) DRY=1; shift ;;
-        -h|--help) sed -n '2,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --allow-change) need_value "$@"; ALLOW+=(--allow-change "$2"); shift 2 ;;
+        -h|--help) sed -n '2,37p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) ARGS+=("$1"); shift ;;
     esac
 done
@@ -98,6 +111,23 @@ else
 fi
 
 # ---------------------------------------------------------------- layout
+# Port 0: the OS hands out a port no socket uses (a scan from a fixed start is won by every job
+# that starts at the same time). A given port is checked as the rendezvous server binds it:
+# SO_REUSEADDR (a TIME_WAIT leftover is no conflict) and listen on every address.
+port_tool() {
+    "$PY" -c '
+import socket, sys
+with socket.socket() as s:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind(("", int(sys.argv[1])))
+        s.listen()
+    except OSError as err:
+        sys.exit(err.strerror)
+    print(s.getsockname()[1])
+' "$1"
+}
+SINGLE=0
 if [[ "$SLURM" == 1 ]]; then
     [[ -n "${SLURM_JOB_NODELIST:-}" && -n "${SLURM_NODEID:-}" && -n "${SLURM_NNODES:-}" ]] \
         || die "--slurm needs SLURM_JOB_NODELIST, SLURM_NODEID and SLURM_NNODES (run it under srun)"
@@ -121,14 +151,13 @@ if [[ -n "$NODE_RANK_ARG" ]]; then
     [[ -n "$M_ADDR" ]] || die "--master-addr (the address of node 0) is needed with --node-rank"
     if [[ -z "$HOSTFILE" ]]; then
         HOSTFILE="$(mktemp "${TMPDIR:-/tmp}/pmnet-hostfile.XXXXXX")"
-        trap 'rm -f "$HOSTFILE"' EXIT
+        TMP_FILES+=("$HOSTFILE")
         for ((n = 0; n < NUM_NODES; n++)); do
             echo "${HOSTS[$n]:-node$n} slots=$PER_NODE" >> "$HOSTFILE"
         done
     fi
-    RUNNER+=(--hostfile "$HOSTFILE" --no_ssh --node_rank "$NODE_RANK_ARG" --master_addr "$M_ADDR" --master_port "$M_PORT")
+    RUNNER+=(--hostfile "$HOSTFILE" --no_ssh --node_rank "$NODE_RANK_ARG" --master_addr "$M_ADDR")
     WORLD=$(awk '/slots=/ { split($2, a, "="); s += a[2] } END { print s }' "$HOSTFILE")
-    LAYOUT="no-ssh multi-node: node $NODE_RANK_ARG of $NUM_NODES, $PER_NODE $DEVICE rank(s) here, $WORLD in all, master $M_ADDR:$M_PORT"
 elif [[ -n "$HOSTFILE" ]]; then
     [[ -f "$HOSTFILE" ]] || die "hostfile '$HOSTFILE' not found"
     # Ranks started over ssh see only what DeepSpeed exports: NCCL_*, PYTHON*, UCX*, MV2*, MLFLOW*
@@ -137,7 +166,7 @@ elif [[ -n "$HOSTFILE" ]]; then
     # a cluster requires them) and the names listed in PMNET_EXPORT_ENV, through DS_ENV_FILE;
     # an existing ~/.deepspeed_env or ./.deepspeed_env is kept.
     ENV_FILE="$(mktemp "${TMPDIR:-/tmp}/pmnet-dsenv.XXXXXX")"
-    trap 'rm -f "$ENV_FILE"' EXIT
+    TMP_FILES+=("$ENV_FILE")
     for f in "$HOME/.deepspeed_env" "./.deepspeed_env"; do
         if [[ -f "$f" ]]; then grep -v '^[[:space:]]*$' "$f" >> "$ENV_FILE" || true; fi
     done
@@ -150,40 +179,38 @@ elif [[ -n "$HOSTFILE" ]]; then
         EXPORTED+=("$name")
     done
     export DS_ENV_FILE="$ENV_FILE"
-    RUNNER+=(--hostfile "$HOSTFILE" --master_port "$M_PORT")
+    RUNNER+=(--hostfile "$HOSTFILE")
     [[ -n "$NUM_NODES" ]] && RUNNER+=(--num_nodes "$NUM_NODES")
     [[ -n "$M_ADDR" ]] && RUNNER+=(--master_addr "$M_ADDR")
     WORLD=$(awk '/slots=/ { split($2, a, "="); s += a[2]; n++; if (lim && n >= lim) exit } END { print s }' lim="${NUM_NODES:-0}" "$HOSTFILE")
-    LAYOUT="multi-node over ssh (pdsh) from $HOSTFILE: $WORLD rank(s), master port $M_PORT"
 else
+    SINGLE=1
     if [[ "$PORT_GIVEN" == 0 ]]; then
-        # a second run on this machine would otherwise die with EADDRINUSE at rendezvous
-        M_PORT="$("$PY" -c '
-import socket, sys
-start = int(sys.argv[1])
-for port in range(start, start + 200):
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        print(port)
-        break
-else:
-    print(start)
-' "$M_PORT")"
+        # PMNET_TEST_FIRST_PORT (tests only): the first attempt uses this port as if it were picked
+        M_PORT="${PMNET_TEST_FIRST_PORT:-$(port_tool 0)}" || die "no free TCP port for the rendezvous"
+    else
+        why="$(port_tool "$M_PORT" 2>&1)" \
+            || die "rendezvous port $M_PORT ($PORT_SRC) is in use on this machine ($why); give a free one, or none (a free port is then picked)"
     fi
-    RUNNER+=(--master_port "$M_PORT")
     # with CUDA_VISIBLE_DEVICES set, DeepSpeed's runner uses exactly those GPUs unless --num_gpus is
     # given (it then drops the variable and counts from GPU 0)
     [[ "$DEVICE" == cuda && -n "${CUDA_VISIBLE_DEVICES:-}" && -z "$GPUS" ]] || RUNNER+=(--num_gpus "$PER_NODE")
     WORLD="$PER_NODE"
-    LAYOUT="single node: $PER_NODE $DEVICE rank(s), master 127.0.0.1:$M_PORT"
 fi
-CMD=("${RUNNER[@]}" --module pmnet.train "${ARGS[@]}")
+layout() {
+    if [[ "$SINGLE" == 1 ]]; then
+        LAYOUT="single node: $PER_NODE $DEVICE rank(s), master 127.0.0.1:$M_PORT"
+    elif [[ -n "$NODE_RANK_ARG" ]]; then
+        LAYOUT="no-ssh multi-node: node $NODE_RANK_ARG of $NUM_NODES, $PER_NODE $DEVICE rank(s) here, $WORLD in all, master $M_ADDR:$M_PORT"
+    else
+        LAYOUT="multi-node over ssh (pdsh) from $HOSTFILE: $WORLD rank(s), master port $M_PORT"
+    fi
+    CMD=("${RUNNER[@]}" --master_port "$M_PORT" --module pmnet.train "${ARGS[@]}" ${ALLOW[@]+"${ALLOW[@]}"})
+}
+layout
 
 if [[ "$DRY" == 1 ]]; then
-    "$PY" -m pmnet.train "${ARGS[@]}" --dry-run --world-size "$WORLD"
+    "$PY" -m pmnet.train "${ARGS[@]}" ${ALLOW[@]+"${ALLOW[@]}"} --dry-run --world-size "$WORLD"
     echo
     echo "# world layout"
     echo "$LAYOUT"
@@ -196,8 +223,10 @@ if [[ "$DRY" == 1 ]]; then
     exit 0
 fi
 
-# Validate before starting ranks: a bad config is one line here, not one per rank.
-"$PY" -m pmnet.train "${ARGS[@]}" --dry-run --world-size "$WORLD" > /dev/null
+# Pre-flight before any rank starts or the run directory exists: a bad config, a missing or
+# mismatched data stream, a refused resume is one line here, not one per rank after the launch.
+"$PY" -m pmnet.train.preflight "${ARGS[@]}" ${ALLOW[@]+"${ALLOW[@]}"} --world-size "$WORLD"
+export PMNET_PREFLIGHT_REPORTED=1  # the ranks repeat the checks quietly
 
 # ---------------------------------------------------------------- run, forwarding stop signals
 # The launcher runs in its own session, so signals sent to this script's process group (timeout,
@@ -227,15 +256,42 @@ forward_stop() {
         fi
     done
 }
-echo "pretrain.sh: $LAYOUT"
-setsid -w "${CMD[@]}" &
-LAUNCH_PID=$!
 trap 'forward_stop TERM' TERM
 trap 'forward_stop USR1' USR1
 trap 'forward_stop INT' INT
-set +e
-while kill -0 "$LAUNCH_PID" 2>/dev/null; do
-    wait "$LAUNCH_PID"  # returns early (> 128) when a trapped signal arrives; then wait again
+# A picked port can still be taken by another process before rank 0 binds it: rank 0 then
+# writes it to this file and exits, and the launch is repeated on a fresh port.
+ATTEMPTS=1
+if [[ "$SINGLE" == 1 && "$PORT_GIVEN" == 0 ]]; then
+    ATTEMPTS=3
+    PMNET_PORT_IN_USE_FILE="$(mktemp "${TMPDIR:-/tmp}/pmnet-port.XXXXXX")"
+    TMP_FILES+=("$PMNET_PORT_IN_USE_FILE")
+    export PMNET_PORT_IN_USE_FILE
+fi
+for ((attempt = 1; ; attempt++)); do
+    if [[ -n "${PMNET_PORT_IN_USE_FILE:-}" ]]; then : > "$PMNET_PORT_IN_USE_FILE"; fi
+    echo "pretrain.sh: $LAYOUT"
+    setsid -w "${CMD[@]}" &
+    LAUNCH_PID=$!
+    set +e
+    while kill -0 "$LAUNCH_PID" 2>/dev/null; do
+        wait "$LAUNCH_PID"  # returns early (> 128) when a trapped signal arrives; then wait again
+    done
+    wait "$LAUNCH_PID"  # the launcher's exit status
+    RC=$?
+    set -e
+    if [[ -n "${PMNET_PORT_IN_USE_FILE:-}" && -s "$PMNET_PORT_IN_USE_FILE" ]]; then
+        if [[ "$STOPS" -gt 0 ]]; then break; fi
+        if [[ "$attempt" -ge "$ATTEMPTS" ]]; then
+            echo "pretrain.sh: error: the rendezvous port was taken by another process before rank 0 could bind it, $attempt times in a row; give a free --master-port" >&2
+            break
+        fi
+        LOST="$M_PORT"
+        M_PORT="$(port_tool 0)" || die "no free TCP port for the rendezvous"
+        layout
+        echo "pretrain.sh: rendezvous port $LOST was taken by another process before rank 0 bound it; relaunching on port $M_PORT" >&2
+        continue
+    fi
+    break
 done
-wait "$LAUNCH_PID"  # the launcher's exit status
-exit $?
+exit "$RC"

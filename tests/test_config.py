@@ -164,7 +164,7 @@ def test_bad_yaml_files(tmp_path: Path, text: str, fragment: str) -> None:
 def test_cli_error_is_one_line_without_traceback(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "pmnet.config", "train.max_steps=abc"],
-        capture_output=True, text=True, cwd=REPO, timeout=120,
+        capture_output=True, text=True, cwd=REPO, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
@@ -173,7 +173,7 @@ def test_cli_error_is_one_line_without_traceback(tmp_path: Path) -> None:
 
 def test_help_lists_every_field_with_its_doc() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "pmnet.config", "--help-config"], capture_output=True, text=True, cwd=REPO, timeout=120
+        [sys.executable, "-m", "pmnet.config", "--help-config"], capture_output=True, text=True, cwd=REPO, timeout=600
     )
     assert proc.returncode == 0
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tests.conftest import child_env
 from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -22,9 +23,9 @@ def run_ranks(cmd: list[str], world: int, log_of: Callable[[int], Path], timeout
     port = free_port()
     procs = []
     for rank in range(world):
-        env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1",
-                   PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")  # fmt: skip
+        env = child_env(world, RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
+                        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), DS_ACCELERATOR="cpu",
+                        PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")  # fmt: skip
         log = open(log_of(rank), "w")  # noqa: SIM115 (closed after wait)
         procs.append((subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO), log))
     codes: list[int | str] = []
@@ -38,7 +39,7 @@ def run_ranks(cmd: list[str], world: int, log_of: Callable[[int], Path], timeout
     return codes
 
 
-def launch(spec: dict[str, Any], workdir: Path, world: int, timeout: float = 300) -> list[dict[str, Any]]:
+def launch(spec: dict[str, Any], workdir: Path, world: int, timeout: float = 900) -> list[dict[str, Any]]:
     """Run ``world`` ranks of the worker on ``spec``; return each rank's result (fails loudly on any bad exit)."""
     workdir.mkdir(parents=True, exist_ok=True)
     for old in workdir.glob("result_rank*.json"):
@@ -52,7 +53,7 @@ def launch(spec: dict[str, Any], workdir: Path, world: int, timeout: float = 300
     return [json.loads((workdir / f"result_rank{r}.json").read_text()) for r in range(world)]
 
 
-def run_tool(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def run_tool(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
     """Run ``python tools/<args>`` from the repo root; returns the completed process."""
     env = dict(os.environ, PYTHONPATH=str(REPO), DS_ACCELERATOR="cpu")
     return subprocess.run([PY, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
@@ -80,7 +81,7 @@ def trainer_cmd(overrides: list[str]) -> list[str]:
     return [PY, "-m", "pmnet.train", "configs/demo.yaml", *overrides]
 
 
-def run_trainer(overrides: list[str], ranks: int, log: Path, timeout: float = 400) -> str:
+def run_trainer(overrides: list[str], ranks: int, log: Path, timeout: float = 900) -> str:
     """The real trainer on ``ranks`` CPU processes; returns rank 0's log (fails loudly on any bad exit)."""
     codes = run_ranks(trainer_cmd(overrides), ranks, lambda r: log.with_suffix(f".rank{r}.log"), timeout)
     out = log.with_suffix(".rank0.log").read_text(errors="replace")

@@ -50,7 +50,8 @@ def test_saved_on_two_ranks_resumed_on_one(shards: Path, trainer_run: Path, tmp_
     assert p.returncode == 0 and rep["repaired"] and rep["latest_after"] == "step_00000003", p.stdout
     # the printed command is runnable: the launcher's --dry-run resolves it to this run directory
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}", DS_ACCELERATOR="cpu")
-    dry = subprocess.run(rep["command"] + " --dry-run", shell=True, cwd=REPO, env=env, capture_output=True, text=True)
+    dry = subprocess.run(rep["command"] + " --dry-run", shell=True, cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=600)  # fmt: skip
     assert dry.returncode == 0 and "run_name: resumed" in dry.stdout, dry.stdout[-2000:] + dry.stderr[-2000:]
     p = run_tool("tools/convert_checkpoint.py", "universal", str(run / "checkpoints" / "step_00000003"),
                  "--world-size", "1")  # fmt: skip

@@ -124,7 +124,7 @@ def load_cli() -> Any:
     return module
 
 
-def run_tool(*args: str | os.PathLike[str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def run_tool(*args: str | os.PathLike[str], timeout: float = 900) -> subprocess.CompletedProcess[str]:
     """Run tools/shard_dataset.py as a user would (a real subprocess)."""
     return subprocess.run(
         [sys.executable, str(TOOL), *map(str, args), "--no-progress"],

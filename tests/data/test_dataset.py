@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from data_pipeline.readback import read_split_samples
 from data_pipeline.sharding import ShardJob, run_sharding
 from data_pipeline.verify import verify_shards
 from pmnet.config import DataConfig, StreamConfig
+from tests.conftest import child_env
 from tests.data.helpers import REPO, run_tool
 from tests.data.loader_worker import read_run, sample_key
 from tests.ports import free_port
@@ -63,7 +63,7 @@ def data_cfg(out: Path, **kw: Any) -> dict[str, Any]:
 
 
 def run_ranks(
-    tmp: Path, tag: str, spec: dict[str, Any], world: int, timeout: float = 200
+    tmp: Path, tag: str, spec: dict[str, Any], world: int, timeout: float = 600
 ) -> list[list[dict[str, Any]]]:
     """Run loader_worker as ``world`` rank processes (env vars as DeepSpeed/torchrun set them)."""
     spec_path = tmp / f"{tag}.spec.json"
@@ -71,8 +71,8 @@ def run_ranks(
     port = str(free_port())
     procs = []
     for rank in range(world):
-        env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                   LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=port)  # fmt: skip
+        env = child_env(world, RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                        LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=port)  # fmt: skip
         out = tmp / f"{tag}.rank{rank}.json"
         cmd = [sys.executable, "-m", "tests.data.loader_worker", str(spec_path), str(out)]
         procs.append((subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True), out))
@@ -90,7 +90,7 @@ def run_ranks(
     return results
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(600)
 def test_batches_shift_and_pad_and_val_order(shared_data: Path, tmp_path: Path) -> None:
     text = (shared_data / "web" / "cc_en_head-0091.jsonl").read_text()
     (tmp_path / "in").mkdir()
@@ -127,7 +127,7 @@ def test_batches_shift_and_pad_and_val_order(shared_data: Path, tmp_path: Path) 
     assert torch.equal(torch.get_rng_state(), rng)
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(600)
 def test_mid_epoch_resume_with_workers_is_exact(shared_data: Path, tmp_path: Path) -> None:
     """One rank, 2 loader workers, in this process (the 2-rank test below restarts processes)."""
     out = shard_one_doc_per_sample(shared_data / "books" / "pg10146.txt", tmp_path / "ds", 64)
@@ -166,7 +166,7 @@ def _fresh_copy(src: Path, dst: Path) -> Path:
     return dst
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(900)
 @pytest.mark.multiprocess
 @pytest.mark.slow
 def test_two_gloo_ranks_partition_and_resume(shared_data: Path, tmp_path: Path) -> None:
@@ -204,7 +204,7 @@ def test_two_gloo_ranks_partition_and_resume(shared_data: Path, tmp_path: Path) 
     assert sorted(resumed) == sorted(all_keys)
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(600)
 def test_streams_mixed_by_proportion_with_remote_cache(shared_data: Path, tmp_path: Path) -> None:
     books = shared_data / "books"
     a = shard_one_doc_per_sample(books / "pg10146.txt", tmp_path / "a", 60)
@@ -228,7 +228,7 @@ def test_streams_mixed_by_proportion_with_remote_cache(shared_data: Path, tmp_pa
     assert any((cache / "train").rglob("shard.*.mds*"))  # the cache was filled from the "remote"
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(600)
 def test_corrupt_shard_is_named_by_verify_tool_and_loader(shared_data: Path, tmp_path: Path) -> None:
     src = tmp_path / "in"
     src.mkdir()
@@ -250,7 +250,7 @@ def test_corrupt_shard_is_named_by_verify_tool_and_loader(shared_data: Path, tmp
         build_train_dataloader(cfg, 2)
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(600)
 def test_sample_bytes_mismatch_is_refused(shared_data: Path, tmp_path: Path) -> None:
     out = shard_one_doc_per_sample(shared_data / "books" / "pg10146.txt", tmp_path / "ds", 8)
     cfg = DataConfig(streams=[StreamConfig(local=str(out), split="train")], sample_bytes=513, num_workers=0)

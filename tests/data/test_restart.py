@@ -48,7 +48,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(900)
 @pytest.mark.slow
 def test_sigkill_then_rerun_equals_uninterrupted(shared_data: Path, tmp_path: Path) -> None:
     corpus = _corpus(shared_data, tmp_path / "corpus")
@@ -64,7 +64,7 @@ def test_sigkill_then_rerun_equals_uninterrupted(shared_data: Path, tmp_path: Pa
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 200
+    deadline = time.monotonic() + 600
     while time.monotonic() < deadline and proc.poll() is None:
         if len(list((staging / "units").glob("u*.json"))) >= 2:
             break
@@ -77,7 +77,7 @@ def test_sigkill_then_rerun_equals_uninterrupted(shared_data: Path, tmp_path: Pa
 
     # The pool workers die with their parent (they would otherwise keep writing into staging).
     t0 = time.monotonic()
-    while any(_alive(p) for p in worker_pids) and time.monotonic() - t0 < 10:
+    while any(_alive(p) for p in worker_pids) and time.monotonic() - t0 < 120:
         time.sleep(0.05)
     assert not any(_alive(p) for p in worker_pids)
     done = sorted(p.stem for p in (staging / "units").glob("u*.json"))
@@ -103,7 +103,7 @@ def test_sigkill_then_rerun_equals_uninterrupted(shared_data: Path, tmp_path: Pa
     assert m_killed == m_clean
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(900)
 @pytest.mark.slow
 def test_ctrl_c_is_one_line_and_keeps_finished_units(shared_data: Path, tmp_path: Path) -> None:
     """SIGINT to the whole process group (what Ctrl-C does): no traceback from any worker."""
@@ -122,18 +122,18 @@ def test_ctrl_c_is_one_line_and_keeps_finished_units(shared_data: Path, tmp_path
         start_new_session=True,
     )
     units = staging_dir(out) / "units"
-    deadline = time.monotonic() + 200
+    deadline = time.monotonic() + 600
     while time.monotonic() < deadline and proc.poll() is None and not list(units.glob("u*.json")):
         time.sleep(0.02)
     assert proc.poll() is None, "the tool ended before it could be interrupted"
     os.killpg(proc.pid, signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err
     assert err.strip().splitlines() == ["shard_dataset: interrupted; rerun the same command to resume"]
     assert not out.exists() and list(units.glob("u*.json"))  # finished units kept for the rerun
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(900)
 @pytest.mark.slow
 def test_a_killed_worker_fails_the_run_in_one_line(shared_data: Path, tmp_path: Path) -> None:
     """The OOM killer takes one worker: the run stops with one line instead of hanging."""
@@ -147,13 +147,13 @@ def test_a_killed_worker_fails_the_run_in_one_line(shared_data: Path, tmp_path: 
     proc = subprocess.Popen([sys.executable, str(TOOL), *args, "--no-progress"], cwd=REPO, stderr=subprocess.PIPE,
                             text=True)  # fmt: skip
     units = staging_dir(out) / "units"
-    deadline = time.monotonic() + 200
+    deadline = time.monotonic() + 600
     while time.monotonic() < deadline and proc.poll() is None and not list(units.glob("u*.json")):
         time.sleep(0.02)
     assert proc.poll() is None, "the tool ended before a worker could be killed"
     workers = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
     os.kill(int(workers[0]), signal.SIGKILL)
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=300)
     assert proc.returncode == 2, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "a worker process died" in lines[0] and "rerun the same command" in lines[0]

@@ -41,14 +41,14 @@ _HOLDER = textwrap.dedent(
 def _start_holder(shards: Path, flag: Path) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen([sys.executable, "-c", _HOLDER, str(shards), str(flag)], cwd=REPO, text=True,
                             stderr=subprocess.PIPE)  # fmt: skip
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + 300
     while not (flag.exists() and flag.read_text()) and time.monotonic() < deadline:
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
         time.sleep(0.05)
     return proc, f"{int(flag.read_text()):06d}_"
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(600)
 @pytest.mark.multiprocess
 def test_clean_removes_only_what_no_live_process_maps(shared_data: Path, tmp_path: Path) -> None:
     shards = shard_one_doc_per_sample(shared_data / "books" / "pg10146.txt", tmp_path / "ds", 200)

@@ -56,7 +56,7 @@ class _nullcontext:
         return None
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(600)
 def test_each_bad_input_is_one_line_and_leaves_output_untouched(
     good: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -104,7 +104,7 @@ def test_each_bad_input_is_one_line_and_leaves_output_untouched(
     refused(["--input", str(src), "--output", str(foreign)], capsys, foreign, "not a shard_dataset output")
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(600)
 def test_invalid_options(good: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
     src, out = good
     base = ["--input", str(src), "--output", str(out)]
@@ -115,7 +115,7 @@ def test_invalid_options(good: tuple[Path, Path], capsys: pytest.CaptureFixture[
     refused([*base, "--bogus-flag"], capsys, out, "unrecognized arguments: --bogus-flag")
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(600)
 def test_bad_record_mid_file_keeps_old_output(
     good: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -129,7 +129,7 @@ def test_bad_record_mid_file_keeps_old_output(
     assert (tmp_path / ".out.partial").is_dir()
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(600)
 def test_real_subprocess_errors_and_overwrite(
     good: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -152,7 +152,7 @@ def test_real_subprocess_errors_and_overwrite(
     assert [p.name for p in out.parent.glob(".out.*")] == [".out.lock"]
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(600)
 def test_output_inside_an_input_directory_is_not_read_back(
     good: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:

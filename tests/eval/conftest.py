@@ -64,7 +64,7 @@ def tiny_ckpt_nomem(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def run_tool(script: str, *args: str | Path, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+def run_tool(script: str, *args: str | Path, timeout: int = 900) -> subprocess.CompletedProcess[str]:
     """Run ``tools/<script>`` as a user would (a fresh interpreter), capturing its output."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("PMNET_DEBUG", None)

@@ -23,7 +23,7 @@ def test_memory_recalls_beyond_attention_and_nomem_does_not(tmp_path: Path) -> N
         sys.executable, str(REPO / "benchmarks" / "memory_recall_probe.py"), "--keys", "1", "--distance", "32",
         "--steps", "300", "--eval-every", "150", "--lr", "3e-3", "--variants", "pmnet,nomem", "--json", str(out),
     ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = {r["variant"]: r["curve"][-1] for r in json.loads(out.read_text())["results"]}
     chance = 1 / 16

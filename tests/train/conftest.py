@@ -7,7 +7,6 @@ with gloo) is never retried: the run's output is attached to the failure message
 
 from __future__ import annotations
 
-import itertools
 import os
 import signal
 import subprocess
@@ -17,24 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.conftest import TINY_SAMPLE_BYTES as SAMPLE_BYTES
+from tests.ports import free_port  # noqa: F401 (re-exported for the launch tests)
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
-_PORTS = itertools.count(21000 + (os.getpid() % 2000) * 4)
-
-
-def free_port() -> int:
-    """A fresh MASTER_PORT per launch (tests may run in parallel on one machine)."""
-    import socket
-
-    for port in _PORTS:
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port")
 
 
 def base_overrides(shards: Path, run_root: Path, name: str, **extra: object) -> list[str]:
@@ -63,7 +48,10 @@ def base_overrides(shards: Path, run_root: Path, name: str, **extra: object) -> 
 
 
 def launch_env(**extra: str) -> dict[str, str]:
+    """The environment for a launcher run: the launcher sets each rank's threads (OMP_NUM_THREADS
+    = cores / ranks) itself, so the one-process value the tests inherit is dropped."""
     env = dict(os.environ)
+    env.pop("OMP_NUM_THREADS", None)
     env["PATH"] = f"{VENV_BIN}:{env.get('PATH', '')}"
     env["DS_ACCELERATOR"] = "cpu"
     env["PYTHONUNBUFFERED"] = "1"
@@ -91,7 +79,7 @@ def pretrain_cmd(config: str, overrides: list[str], *flags: str) -> list[str]:
     return ["bash", "launchers/pretrain.sh", config, *overrides, *flags]
 
 
-def run_launch(cmd: list[str], env: dict[str, str], timeout: float = 300) -> Result:
+def run_launch(cmd: list[str], env: dict[str, str], timeout: float = 900) -> Result:
     """Run a launcher command to completion (output captured, shown on failure)."""
     log = Path(env.get("TMPDIR", "/tmp")) / f"launch-{time.time_ns()}.log"
     return finish(start_launch(cmd, env, log), log, time.time(), timeout)
@@ -103,7 +91,7 @@ def start_launch(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.P
         return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def finish(p: subprocess.Popen, log: Path, t0: float, timeout: float = 300) -> Result:
+def finish(p: subprocess.Popen, log: Path, t0: float, timeout: float = 900) -> Result:
     """Wait for a launch; past ``timeout`` interrupt it twice (pretrain.sh then terminates its ranks)."""
     try:
         p.wait(timeout=timeout)

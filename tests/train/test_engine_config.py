@@ -11,7 +11,8 @@ import pytest
 from pmnet.config import load_config
 from pmnet.model import PMNetConfig, PMNetForCausalLM
 from pmnet.train.engine import FAMILIES, deepspeed_config, lr_at, no_weight_decay, param_family, param_groups
-from tests.train.conftest import REPO, launch_env
+from tests.conftest import thread_env
+from tests.train.conftest import REPO, SAMPLE_BYTES, free_port, launch_env
 
 
 def _cfg(*overrides: str):
@@ -58,61 +59,85 @@ def test_deepspeed_json_counts_tbptt_chunks() -> None:
     assert deepspeed_config(c3, 1)["zero_optimization"]["stage"] == 3 and deepspeed_config(c3, 1)["bf16"]["enabled"]
 
 
-def test_dry_run_and_one_line_errors() -> None:
+def _data(shards: Path) -> list[str]:
+    """The dry-run checks the data streams: point the demo config at the session's shards."""
+    return [f"data.streams=[{{local: {shards}, split: train}}]", f"data.val_streams=[{{local: {shards}, split: val}}]",
+            f"data.sample_bytes={SAMPLE_BYTES}"]  # fmt: skip
+
+
+def test_dry_run_and_one_line_errors(shards: Path) -> None:
     env = launch_env()
     out = subprocess.run(
         ["bash", "launchers/pretrain.sh", "configs/demo.yaml", "--dry-run", "--cpu-ranks", "2",
-         "train.global_batch_size=16"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+         "train.global_batch_size=16", *_data(shards)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     for needle in ("# resolved config", "parameters:            220,800", "training FLOPs/byte",
-                   "# DeepSpeed config", "# world layout", "2 cpu rank(s)", "# command", "deepspeed.launcher.runner"):  # fmt: skip
+                   "# DeepSpeed config", "# world layout", "2 cpu rank(s)", "# command", "deepspeed.launcher.runner",
+                   "# pre-flight (data streams, run directory): passed"):  # fmt: skip
         assert needle in out.stdout, needle
+    # each of the 2 ranks gets half the cores, as the tests' own child processes do (tests/conftest.py)
+    assert f"OMP_NUM_THREADS={thread_env(2)['OMP_NUM_THREADS']} per rank" in out.stdout
     bad = subprocess.run(
         ["bash", "launchers/pretrain.sh", "configs/demo.yaml", "train.global_batch_size=7", "--cpu-ranks", "2"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert bad.returncode == 2
     lines = [ln for ln in bad.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "train.global_batch_size=7" in lines[0] and "Traceback" not in bad.stderr
 
 
-def test_single_node_launch_skips_a_busy_port() -> None:
-    """Two runs on one machine: with no port given, the launcher takes the next free one from 29500."""
+def test_single_node_launch_picks_a_free_port_and_refuses_a_taken_given_one(shards: Path, tmp_path: Path) -> None:
+    """With no port given, the launcher takes one the OS reports free (never a busy one); a given
+    port that is taken is one error line, before any rank starts."""
     import socket
 
-    def layout(*extra: str) -> str:
-        out = subprocess.run(
-            ["bash", "launchers/pretrain.sh", "configs/demo.yaml", "--dry-run", *extra],
-            cwd=REPO, env=launch_env(), capture_output=True, text=True, timeout=120,
+    def launch(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["bash", "launchers/pretrain.sh", "configs/demo.yaml", "--dry-run", *_data(shards), *extra],
+            cwd=REPO, env=launch_env(), capture_output=True, text=True, timeout=600,
         )  # fmt: skip
-        assert out.returncode == 0, out.stderr
-        return next(ln for ln in out.stdout.splitlines() if ln.startswith("single node"))
 
     with socket.socket() as busy:
-        try:
-            busy.bind(("127.0.0.1", 29500))
-            busy.listen()
-        except OSError:
-            pass  # something else holds it already: just as busy
-        assert not layout().endswith("127.0.0.1:29500")
-        assert layout("--master-port", "29500").endswith("127.0.0.1:29500")  # an explicit port is kept
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        out = launch()
+        assert out.returncode == 0, out.stderr
+        layout = next(ln for ln in out.stdout.splitlines() if ln.startswith("single node"))
+        assert not layout.endswith(f":{taken}")
+        bad = launch("--master-port", str(taken))
+        assert bad.returncode == 2, bad.stdout[-2000:]
+        lines = [ln for ln in bad.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and f"rendezvous port {taken} (--master-port) is in use" in lines[0], bad.stderr
+    free = free_port()
+    kept = launch("--master-port", str(free))
+    assert kept.returncode == 0, kept.stderr
+    assert f"master 127.0.0.1:{free}" in kept.stdout  # a given free port is kept
 
 
-def test_ssh_launch_forwards_our_environment(tmp_path: Path) -> None:
+def test_ssh_launch_forwards_our_environment(shards: Path, tmp_path: Path) -> None:
     """Ranks started over ssh (hostfile, pdsh) get PMNET_* / TORCH_* / NVSHMEM_* ... and the names in
     PMNET_EXPORT_ENV through DeepSpeed's env file; a name that is not set is a one-line error."""
     hostfile = tmp_path / "hosts"
     hostfile.write_text("localhost slots=1\n")
     env = launch_env() | {"PMNET_EXPORT_ENV": "MY_FLAG", "MY_FLAG": "1", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1"}
-    cmd = ["bash", "launchers/pretrain.sh", "configs/demo.yaml", "--dry-run", "--hostfile", str(hostfile)]
-    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    cmd = [
+        "bash",
+        "launchers/pretrain.sh",
+        "configs/demo.yaml",
+        "--dry-run",
+        "--hostfile",
+        str(hostfile),
+        *_data(shards),
+    ]
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     line = next(ln for ln in out.stdout.splitlines() if ln.startswith("exported to every node"))
     assert "MY_FLAG" in line and "TORCH_SYMM_MEM_DISABLE_MULTICAST" in line
     bad = subprocess.run(
-        cmd, cwd=REPO, env=env | {"PMNET_EXPORT_ENV": "NOT_SET_ANYWHERE"}, capture_output=True, text=True, timeout=120
+        cmd, cwd=REPO, env=env | {"PMNET_EXPORT_ENV": "NOT_SET_ANYWHERE"}, capture_output=True, text=True, timeout=600
     )
     assert bad.returncode == 2
     lines = [ln for ln in bad.stderr.splitlines() if ln.strip()]

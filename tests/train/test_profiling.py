@@ -13,7 +13,7 @@ from tests.train.conftest import REPO, base_overrides, launch_env, read_scalars
 
 def _train(ov: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "pmnet.train", "configs/demo.yaml", *ov], cwd=REPO,
-                          env=launch_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)  # fmt: skip
+                          env=launch_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=900)  # fmt: skip
 
 
 def test_profile_of_chosen_steps(shards: Path, tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ interruption, stopped at STEPS by ``train.stop_at_step``; checkpoints every 2 st
 
 The final checkpoints are compared byte for byte: every tensor and value of every ``.pt`` file
 (weights, each rank's ZeRO optimizer partition, each rank's python / numpy / torch RNG states and
-loader position, read without unpickling code by ``pmnet.train.ptread``) and the trainer counters.
+loader position, read without unpickling code by ``pmnet.checkpoint.ptread``) and the trainer counters.
 Every loss any launch logged equals the uninterrupted run's loss at that step (redone steps included).
 """
 
@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pmnet.train.ptread import PtFile, Stub, TensorRef
 
+from pmnet.checkpoint.ptread import PtFile, Stub, TensorRef
 from pmnet.train.checkpoint import find_latest_valid
 from tests.train.conftest import (
     Result,
@@ -78,7 +78,7 @@ def _launch(
             fh.seek(start)
             return fh.read()
 
-    while kill_when is not None and p.poll() is None and time.time() - t0 < 300:
+    while kill_when is not None and p.poll() is None and time.time() - t0 < 900:
         if kill_when(new_text()):
             killed = _kill_job(p.pid)
             break

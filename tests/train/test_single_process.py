@@ -17,7 +17,7 @@ from tests.train.conftest import REPO, base_overrides, launch_env, model_weights
 
 def _train(ov: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "pmnet.train", "configs/demo.yaml", *ov], cwd=REPO,
-                          env=launch_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)  # fmt: skip
+                          env=launch_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=900)  # fmt: skip
 
 
 def _one_error_line(p: subprocess.CompletedProcess, *needles: str) -> None:
