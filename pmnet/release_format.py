@@ -58,7 +58,7 @@ AUTO_MAP = {
 "auto_map of the released config.json: the released code's modules (``trust_remote_code``)."
 RELEASED_CONFIG_KEYS = tuple(
     sorted(
-        (
+        {  # a set: head_dim is both a field key and a released key
             *FIELD_KEYS,
             "architectures",
             "attention_bias",
@@ -75,7 +75,7 @@ RELEASED_CONFIG_KEYS = tuple(
             "transformers_version",
             "use_cache",
             "use_sliding_window",
-        )  # fmt: skip
+        }  # fmt: skip
     )
 )
 "Every key of the released model's config.json (transformers 4.57.6): what :func:`save_pretrained` writes."
