@@ -46,7 +46,7 @@ from data_pipeline.manifest import MANIFEST_NAME, read_json
 from data_pipeline.shm import clean_stale_shared_memory
 from data_pipeline.verify import verify_shards
 from data_pipeline.writer import COLUMN
-from pmnet.model.config import PAD_ID
+from pmnet.vocab import PAD_ID
 
 __all__ = [
     "ByteSampleDataset",
