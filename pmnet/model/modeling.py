@@ -11,7 +11,8 @@ M phases, R read heads, K levels, G = N**k groups of level k, V vocabulary rows.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, NamedTuple
+from functools import partial
+from typing import Any, NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -175,10 +176,12 @@ class PMNetModel(nn.Module):
                 phase=torch.zeros(b, t, cfg.num_memory, cfg.memory_size, device=ids.device),  # Phi, fp32
                 group=torch.zeros(b, t, dtype=torch.int64, device=ids.device),  # root
             )
-        new_keys, new_values, new_phases = [], [], []
+        new_keys: list[Tensor] = []
+        new_values: list[Tensor] = []
+        new_phases: list[Tensor] = []
         diagnostics: dict[str, Tensor] = {}
         use_ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
-        for i, layer in enumerate(self.layers):
+        for i, layer in enumerate(cast("Iterable[PMNetDecoderLayer]", self.layers)):
             level = layer.level
             if mem is not None:
                 if layer.writes:
@@ -191,11 +194,8 @@ class PMNetModel(nn.Module):
                     mem = mem._replace(carried=None)
             past_k = state.keys[i] if state.keys else None
             past_v = state.values[i] if state.values else None
-            kwargs = {"past_k": past_k, "past_v": past_v, "memory": mem, "collect": collect}
-            if use_ckpt:
-                out: LayerOutput = checkpoint(layer, h, cos, sin, mask, use_reentrant=False, **kwargs)
-            else:
-                out = layer(h, cos, sin, mask, **kwargs)
+            run = partial(checkpoint, layer, use_reentrant=False) if use_ckpt else layer
+            out: LayerOutput = run(h, cos, sin, mask, past_k=past_k, past_v=past_v, memory=mem, collect=collect)
             h = out.hidden
             new_keys.append(out.key)
             new_values.append(out.value)
@@ -203,6 +203,7 @@ class PMNetModel(nn.Module):
                 assert out.phase is not None
                 mem = mem._replace(phase=out.phase, level_read=out.level_read)
             if layer.writes:
+                assert out.group_state is not None
                 child = out.child_group
                 new_phases.append(out.group_state)
             diagnostics.update(out.diagnostics)
