@@ -70,12 +70,7 @@ def curve(
         if (step + 1) % 25 == 0:
             print(f"  {impl} step {step + 1}: loss {loss:.4f} ({time.time() - t0:.0f} s)", flush=True)
 
-    try:
-        return train_losses(model, data, steps, seq, batch, _warmup(lr), progress)
-    finally:
-        from pmnet.model import fused
-
-        fused.set_compiled(False)
+    return train_losses(model, data, steps, seq, batch, _warmup(lr), progress)
 
 
 def cross_check(

@@ -139,11 +139,9 @@ def time_training(config: str, variant: str, steps: int, warmup: int, peak: floa
         *extra,
     ]
     cfg = load_config(config, overrides)
-    from pmnet.model import fused
-
-    # compile_fast_path switches the memory cores' compilation on process-wide: an eager variant
-    # after a compiled one must switch it off again (the first GPU run missed this; RESULTS.md)
-    fused.set_compiled(False)
+    # each variant builds its own model: the compiled memory cores are switched per model
+    # (compile_fast_path -> PMNetForCausalLM.compile_memory_cores), so an eager variant after
+    # a compiled one runs eager
     env = setup_distributed(DEV["type"])
     ds_config = deepspeed_config(cfg, env.world_size)
     _free()
@@ -230,8 +228,6 @@ def long_context(
     preset: str, books: Path, chunk: int, max_books: int, weights: str | None, modes: str = "fp32,bf16"
 ) -> list[dict]:
     """bf16 compiled at 64 KiB and 512 KiB; fp32 eager at 64 KiB (BPB reference and fp32 speed)."""
-    from pmnet.model import fused
-
     cfg = PMNetConfig.from_preset(preset, attn_backend="flex", memory_impl="fast")
     torch.manual_seed(0)
     base = PMNetForCausalLM(cfg).eval()
@@ -243,8 +239,7 @@ def long_context(
     rows = []
     lengths = {"64KiB": 65536, "512KiB": 524288} if on_gpu() else {"64KiB": 4 * chunk, "512KiB": 16 * chunk}
     data = {k: _load_books(books, v, max_books) for k, v in lengths.items()}
-    # fp32 eager first (no compile state to disturb it)
-    fused.set_compiled(False)
+    # fp32 eager first
     m32 = base.to(DEV["type"]).float()
     first = next(v for v in data.values() if v is not None)
     if "fp32" in modes:
@@ -277,10 +272,8 @@ def profile_steps(preset: str, micro: int, seq: int, mode: str, path: Path, top:
     """torch.profiler over 2 bare fwd+bwd steps (after 2 warm-up steps): top kernels by CUDA time."""
     from torch.profiler import ProfilerActivity, profile
 
-    from pmnet.model import fused
     from pmnet.train.profiling import device_time_by_family
 
-    fused.set_compiled(False)
     cfg = PMNetConfig.from_preset(preset, attn_backend="flex", memory_impl="fast", attention_dropout=0.0)
     torch.manual_seed(0)
     model = PMNetForCausalLM(cfg).cuda().to(torch.bfloat16).train()

@@ -49,7 +49,7 @@ from data_pipeline.manifest import MANIFEST_NAME, read_json
 from data_pipeline.shm import clean_stale_shared_memory
 from data_pipeline.verify import verify_shards, verify_stream
 from data_pipeline.writer import COLUMN
-from pmnet.model.config import PAD_ID
+from pmnet.vocab import PAD_ID
 
 __all__ = [
     "ByteSampleDataset",

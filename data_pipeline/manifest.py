@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from data_pipeline.errors import DataPipelineError
-from pmnet.model.config import BOS_ID, EOS_ID, PAD_ID
+from pmnet.vocab import BOS_ID, EOS_ID, PAD_ID
 
 __all__ = [
     "TOOL_NAME",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 
-from pmnet.model.config import BOS_ID, EOS_ID, PAD_ID
+from pmnet.vocab import BOS_ID, EOS_ID, PAD_ID
 
 __all__ = ["encode_document", "clean_text", "split_of", "SamplePacker", "decode_documents"]
 

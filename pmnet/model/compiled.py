@@ -9,7 +9,8 @@ for forward and backward: minutes of inductor time.
 not depend on the level instead, each once for all 12 layers:
 
 * the memory read, write, scan and level preparation (``Phi + S`` and the slot features of
-  ``Phi + S + E_k[g]``, shared by a level's reads) as pure tensor functions (``fused.set_compiled``);
+  ``Phi + S + E_k[g]``, shared by a level's reads) as pure tensor functions (``fused.py``),
+  switched on for this model by ``PMNetForCausalLM.compile_memory_cores``;
 * every ``PMNetAttention`` (projections, q/k norms, RoPE, flex attention), ``SwiGLU`` and
   ``RMSNorm`` module. Dynamo lifts module parameters to graph inputs
   (``inline_inbuilt_nn_modules``), so the 12 instances share one graph per module class.
@@ -25,12 +26,12 @@ from typing import Literal
 
 from torch import nn
 
-from pmnet.model import fused
 from pmnet.model.attention import PMNetAttention
 from pmnet.model.layers import RMSNorm, SwiGLU
+from pmnet.model.modeling import PMNetForCausalLM, raise_recompile_limit
 
 
-def compile_fast_path(model: nn.Module, mode: Literal["modules", "layers"] = "modules") -> nn.Module:
+def compile_fast_path(model: PMNetForCausalLM, mode: Literal["modules", "layers"] = "modules") -> PMNetForCausalLM:
     """Compile ``model`` (a PMNetForCausalLM) in place for speed; returns it.
 
     ``modules``: shared graphs per module class plus the compiled memory cores (see the
@@ -38,13 +39,13 @@ def compile_fast_path(model: nn.Module, mode: Literal["modules", "layers"] = "mo
     fullgraph), with the memory cores inlined into the layer graphs.
     """
     if mode == "layers":
-        fused.set_compiled(False)  # inlined into the layer graphs instead
+        model.compile_memory_cores(False)  # inlined into the layer graphs instead
         model.compile_layers()
         return model
     if mode != "modules":
         raise ValueError(f"mode={mode!r}: use 'modules' or 'layers'")
-    fused.set_compiled(True)
-    _raise_recompile_limit(32)
+    model.compile_memory_cores(True)
+    raise_recompile_limit(32)
     for sub in model.modules():
         shared = isinstance(sub, PMNetAttention | SwiGLU)
         if shared or (isinstance(sub, RMSNorm) and not _inside_attention(model, sub)):
@@ -55,14 +56,3 @@ def compile_fast_path(model: nn.Module, mode: Literal["modules", "layers"] = "mo
 def _inside_attention(model: nn.Module, norm: nn.Module) -> bool:
     """q/k norms live inside PMNetAttention and are compiled with it."""
     return any(isinstance(sub, PMNetAttention) and any(m is norm for m in sub.modules()) for sub in model.modules())
-
-
-def _raise_recompile_limit(limit: int) -> None:
-    """One code object serves every shape it meets (training, no-grad eval, chunks with and
-    without carried keys, each level's group count for the scan): dynamo's default of 8
-    compiled versions per code object is too tight for a run that trains and evaluates."""
-    import torch._dynamo as dynamo
-
-    for name in ("recompile_limit", "cache_size_limit"):  # renamed across torch versions
-        if hasattr(dynamo.config, name) and getattr(dynamo.config, name) < limit:
-            setattr(dynamo.config, name, limit)

@@ -12,9 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-PAD_ID = 0
-BOS_ID = 254
-EOS_ID = 255
+from pmnet.vocab import BOS_ID, EOS_ID, PAD_ID
 
 ATTN_BACKENDS = ("eager", "sdpa", "flex")
 ATTN_WINDOWS = ("blocked", "dense")

@@ -1,15 +1,22 @@
-"""The fast path's memory read and write as pure tensor functions, optionally torch.compile'd.
+"""The fast path's memory read and write as pure tensor functions ("cores"), optionally torch.compile'd.
+
+Layering: ``scan.py`` (the blocked fp32 prefix sum) <- this file (the cores) <-
+``memory.py`` (the modules: they unpack their weights and call :func:`cores`) <-
+``modeling.py``. The slow oracles of everything here live in ``reference.py``.
 
 Why pure functions of tensors (weights passed in, no modules): ``torch.compile`` guards a
-module argument on its identity, so compiling ``read_fast(mod, ...)`` would compile once
-per layer (12 times); a function of tensors compiles once per shape and is shared by every
+module argument on its identity, so compiling a read of the module would compile once per
+layer (12 times); a function of tensors compiles once per shape and is shared by every
 layer. ``fullgraph=True``: nothing in here breaks a graph (static shapes, fp32 scan).
+Whether a model runs the compiled cores is the model's switch
+(``PMNetForCausalLM.compile_memory_cores``), read by its memory modules; the compiled
+functions themselves are made once per process (:func:`cores`) and shared by all models.
 
 Math is MODEL.md sections 3-4, unchanged; three rewrites make it cheap:
 
 * Scores never materialise [B, T, R, N, M]: eager, through
   ``sum_j cos(q_j - k_j) = cos q . cos k + sin q . sin k`` as matmuls
-  (``phasor_fast.phase_scores``); compiled, as one fused reduction of ``cos(q - k)`` that reads
+  (:func:`phase_scores`); compiled, as one fused reduction of ``cos(q - k)`` that reads
   the key projection once (fewest transcendentals; see ``phase_scores_fused``); for bf16 keys
   on the GPU, one Triton kernel per direction with tanh folded in (``triton_scores``).
 * The read's value half is linear: ``sum_n a_rn (Wv_r f_n + bv_r) = Wv_r (sum_n a_rn f_n) + bv_r``
@@ -26,11 +33,16 @@ Math is MODEL.md sections 3-4, unchanged; three rewrites make it cheap:
   (``read_core``); the write adds its anchors inside its own graph (``write_core``). No
   [B, T, N, M] fp32 sum round-trips through memory between graphs in forward.
 
+The per-group inclusive prefix sum is ``scan.blocked_segmented_prefix_sum`` (fp32, static
+shapes, blocked so partial sums stay small); its exact oracle is the fp64
+``reference.segmented_prefix_sum``, which inductor cannot compile.
+
 Precision: phase arithmetic (anchors + state, sin/cos, scores, softmax, the scan) is fp32;
 matmul inputs are cast to the weights' dtype (bf16 in training); the phase features enter
 the projections in that dtype, as in the reference.
 
-Shape letters: B batch, T bytes, d hidden, N slots, M phases, R read heads, G groups.
+Shape letters: B batch, T bytes, d hidden, N slots, M phases, R read heads, G groups,
+D = N * M (the flattened phases of one group).
 """
 
 from __future__ import annotations
@@ -38,26 +50,33 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from pmnet.model import triton_scores
-from pmnet.model.scan import blocked_segmented_prefix_sum
-
-_STATE = {"compile": False}
+from pmnet.model.scan import TWO_PI, blocked_segmented_prefix_sum
 
 
-def set_compiled(enabled: bool) -> None:
-    """Run the memory read / write / scan through ``torch.compile(fullgraph=True)`` (GPU training, eval)."""
-    _STATE["compile"] = bool(enabled)
+def _no_autocast_bmm(a: Tensor, b: Tensor) -> Tensor:
+    """fp32 matmul even inside an autocast region (phase scores must stay fp32)."""
+    if a.device.type != "meta" and torch.is_autocast_enabled(a.device.type):
+        with torch.autocast(device_type=a.device.type, enabled=False):
+            return torch.matmul(a.float(), b.float())
+    return torch.matmul(a, b)
 
 
-def compiled_enabled() -> bool:
-    """Whether :func:`set_compiled` switched compilation on."""
-    return _STATE["compile"]
+def phase_scores(q: Tensor, key: Tensor) -> Tensor:
+    """``sum_j cos(q_j - key_n,j)`` for every slot n, as matmuls (the eager form).
+
+    q [..., M] and key [..., N, M] (same leading dims, fp32) -> [..., N]. Two products
+    (cos.cos + sin.sin) rather than one over concatenated features: no [..., N, 2M] copy.
+    """
+    qc, qs = torch.cos(q).unsqueeze(-1), torch.sin(q).unsqueeze(-1)  # [..., M, 1]
+    out = _no_autocast_bmm(torch.cos(key), qc) + _no_autocast_bmm(torch.sin(key), qs)  # [..., N, 1]
+    return out.squeeze(-1)
 
 
 def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
@@ -84,8 +103,6 @@ def phase_scores_fused(q: Tensor, key: Tensor) -> Tensor:
     """
     if torch.compiler.is_compiling():
         return torch.cos(q.unsqueeze(-2) - key).sum(-1)
-    from pmnet.model.phasor_fast import phase_scores
-
     return phase_scores(q, key)
 
 
@@ -227,26 +244,76 @@ def scan_core(delta: Tensor, group: Tensor, carried: Tensor, training: bool) -> 
     """
     b, t, n, m = delta.shape
     if training:
-        counts = torch.zeros(b, carried.shape[1], dtype=delta.dtype, device=delta.device)
-        counts = counts.scatter_add(1, group, torch.ones_like(delta[..., 0, 0]))  # [B, G]
-        scale = counts.gather(1, group).rsqrt()[..., None, None]  # [B, T, 1, 1]
-        delta = delta.detach() + (delta - delta.detach()) * scale  # same value, gradient / sqrt(c)
+        delta = grad_scaled(delta, group, carried.shape[1])  # same value, gradient / sqrt(c)
     s, state = blocked_segmented_prefix_sum(delta.reshape(b, t, n * m), group, carried.reshape(b, -1, n * m))
     return s.view(b, t, n, m), state.view(carried.shape)
 
 
-_CORES: dict[str, Callable[..., Any]] = {"read": read_core, "write": write_core, "scan": scan_core, "level": level_core}
+def scan_free(delta: Tensor, group: Tensor, carried: Tensor, training: bool) -> tuple[Tensor, Tensor]:
+    """The write without recurrence (``memory_cumsum=False``, an ablation; eager only): S = delta.
+
+    The 1/sqrt(c) gradient scale still applies in training; the state still records S at each
+    group's last position (unused by the recurrence). Same shapes as :func:`scan_core`.
+    """
+    b, t, n, m = delta.shape
+    s = torch.remainder(grad_scaled(delta, group, carried.shape[1]) if training else delta, TWO_PI)
+    vals, present = last_of_group(s.reshape(b, t, n * m), group, carried.shape[1])
+    state = torch.where(present[..., None], vals, carried.reshape(b, -1, n * m)).view(carried.shape)
+    return s, state
+
+
+def grad_scaled(delta: Tensor, group: Tensor, g_count: int) -> Tensor:
+    """delta with its gradient divided by sqrt(c), c = positions of the sequence in the same group."""
+    b = delta.shape[0]
+    counts = torch.zeros(b, g_count, dtype=delta.dtype, device=delta.device)
+    counts = counts.scatter_add(1, group, torch.ones_like(delta[..., 0, 0]))  # [B, G]
+    scale = counts.gather(1, group).rsqrt()[..., None, None]  # [B, T, 1, 1]
+    return delta.detach() + (delta - delta.detach()) * scale
+
+
+def last_of_group(x: Tensor, group: Tensor, g_count: int) -> tuple[Tensor, Tensor]:
+    """x [B, T, D] at the last position of each group -> ([B, G, D], present [B, G])."""
+    b, t, dim = x.shape
+    pos = torch.arange(t, device=x.device).expand(b, t)
+    last = torch.full((b, g_count), -1, dtype=torch.int64, device=x.device).scatter_reduce(
+        1, group, pos, reduce="amax", include_self=True
+    )
+    vals = x.gather(1, last.clamp(min=0)[..., None].expand(b, g_count, dim))
+    return vals, last >= 0
+
+
+class Cores(NamedTuple):
+    """The four cores, eager or compiled: ``cores(compiled).read(...)``."""
+
+    read: Callable[..., Tensor]
+    "read_core"
+    write: Callable[..., tuple[Tensor, Tensor]]
+    "write_core"
+    scan: Callable[..., tuple[Tensor, Tensor]]
+    "scan_core"
+    level: Callable[..., tuple[Tensor, Tensor]]
+    "level_core"
+
+
+EAGER = Cores(read=read_core, write=write_core, scan=scan_core, level=level_core)
 
 
 @functools.cache
-def _compiled(name: str) -> Callable[..., Any]:
-    # the scan's group count differs per level: automatic dynamic shapes settle after 2 compiles
-    dynamic = None if name == "scan" else False
-    return torch.compile(_CORES[name], fullgraph=True, dynamic=dynamic)
+def _compiled_cores() -> Cores:
+    """The cores through ``torch.compile(fullgraph=True)``, made once per process: every layer
+    of every model shares the compiled graphs (compilation itself happens at the first call)."""
+    return Cores(
+        read=torch.compile(read_core, fullgraph=True, dynamic=False),
+        write=torch.compile(write_core, fullgraph=True, dynamic=False),
+        # the scan's group count differs per level: automatic dynamic shapes settle after 2 compiles
+        scan=torch.compile(scan_core, fullgraph=True, dynamic=None),
+        level=torch.compile(level_core, fullgraph=True, dynamic=False),
+    )
 
 
-def run(name: str, *args: Any) -> Any:
-    """Call core ``name`` (read / write / scan / level), compiled when :func:`set_compiled` said so."""
-    if _STATE["compile"] and not torch.compiler.is_compiling():
-        return _compiled(name)(*args)
-    return _CORES[name](*args)
+def cores(compiled: bool) -> Cores:
+    """The cores to call: compiled when asked, except while dynamo already traces the caller
+    (a whole decoder layer compiled: the eager cores are inlined into its graph)."""
+    if compiled and not torch.compiler.is_compiling():
+        return _compiled_cores()
+    return EAGER

@@ -1,8 +1,11 @@
 """Phasor memory modules: the write (one per level) and the read (every layer).
 
 The modules own the parameters (their names are the interchange keys of MODEL.md
-section 7); the arithmetic lives in ``phasor_fast.py`` and, as the slow oracle, in
-``reference.py``; ``cfg.memory_impl`` picks one.
+section 7); the arithmetic lives in ``fused.py`` (the fast cores, pure tensor functions) and,
+as the slow oracle, in ``reference.py``; ``cfg.memory_impl`` picks one. On the fast path a
+module hands its weights to the cores, compiled when its ``compiled_cores`` is set
+(``PMNetForCausalLM.compile_memory_cores``). Imports run one way: scan <- fused, reference
+<- memory <- modeling.
 
 Per byte position t the forward carries a group id g_t (level-k group, [B, T] int64)
 and a phase tensor Phi_t ([B, T, N, M] fp32). A layer of level k sees the angles
@@ -21,32 +24,28 @@ natural one):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pmnet.model import fused
 from pmnet.model.config import PMNetConfig
 from pmnet.model.layers import NormalLinear, RMSNorm
-from pmnet.model.phasor_fast import level_inputs, read_fast, read_fast_features, write_fast
 from pmnet.model.reference import read_reference, write_reference
+from pmnet.model.state import WriteResult
 
-
-@dataclass
-class WriteResult:
-    """What one memory write produces (shapes for level k, G = N**k)."""
-
-    phi_increment: Tensor
-    "S [B, T, N, M] fp32 in [0, 2 pi): added to Phi."
-    child_group: Tensor
-    "[B, T] int64: N * g + argmax_n s_n, the group used from level k+1 on."
-    group_state: Tensor
-    "[B, G, N, M] fp32: S at each group's last position (the carried state)."
-    probs: Tensor
-    "[B, T, N] detached write softmax s (diagnostics)."
-    delta: Tensor
-    "[B, T, N, M] detached increments s_n * theta (diagnostics)."
+__all__ = [
+    "AnchorTree",
+    "PhasorMemoryRead",
+    "PhasorMemoryWrite",
+    "WriteResult",
+    "read_fast",
+    "read_fast_features",
+    "uniform_entropy",
+    "write_diagnostics",
+    "write_fast",
+]
 
 
 class AnchorTree(nn.ParameterList):
@@ -80,6 +79,7 @@ class PhasorMemoryWrite(nn.Module):
         d, m, std = cfg.hidden_size, cfg.memory_size, cfg.initializer_range
         self.impl = cfg.memory_impl
         self.cumsum = cfg.memory_cumsum
+        self.compiled_cores = False  # fast path through the compiled cores (PMNetForCausalLM.compile_memory_cores)
         self.norm = RMSNorm(d, cfg.rms_norm_eps)
         self.proj_q = NormalLinear(d, m, True, std)
         self.proj_k = NormalLinear(2 * m, m, True, std)
@@ -95,7 +95,17 @@ class PhasorMemoryWrite(nn.Module):
         path adds them inside its fused graph.
         """
         if self.impl == "fast":
-            return write_fast(self, h, phi, group, carried, cumsum=self.cumsum, training=self.training, anchor=anchor)
+            return write_fast(
+                self,
+                h,
+                phi,
+                group,
+                carried,
+                cumsum=self.cumsum,
+                training=self.training,
+                anchor=anchor,
+                compiled=self.compiled_cores,
+            )
         phi = phi if anchor is None else phi + anchor
         return write_reference(self, h, phi, group, carried, cumsum=self.cumsum, training=self.training)
 
@@ -109,6 +119,7 @@ class PhasorMemoryRead(nn.Module):
         std = cfg.initializer_range
         self.impl = cfg.memory_impl
         self.num_heads = r
+        self.compiled_cores = False  # fast path through the compiled cores (PMNetForCausalLM.compile_memory_cores)
         self.norm = RMSNorm(d, cfg.rms_norm_eps)
         self.proj_q = NormalLinear(d, r * m, True, std)
         self.proj_kv = NormalLinear(2 * m, 2 * r * m, True, std)
@@ -117,30 +128,73 @@ class PhasorMemoryRead(nn.Module):
     def forward(self, h: Tensor, phi: Tensor | None = None, *, prepared: Tensor | None = None) -> Tensor:
         """h [B, T, d], phi [B, T, N, M] fp32 -> [B, T, d].
 
-        ``prepared``: instead of phi, what :func:`level_read_input` made of it for the reads of a
+        ``prepared``: instead of phi, what :meth:`level_input` made of it for the reads of a
         level (the fast path: phi's slot features; the reference path: phi itself).
         """
+        fast = self.impl == "fast"
         if prepared is not None:
-            return read_fast_features(self, h, prepared) if self.impl == "fast" else read_reference(self, h, prepared)
+            if fast:
+                return read_fast_features(self, h, prepared, compiled=self.compiled_cores)
+            return read_reference(self, h, prepared)
         assert phi is not None
-        fn = read_fast if self.impl == "fast" else read_reference
-        return fn(self, h, phi)
+        return read_fast(self, h, phi, compiled=self.compiled_cores) if fast else read_reference(self, h, phi)
+
+    def level_input(self, phase: Tensor, increment: Tensor | None, anchor: Tensor | None) -> tuple[Tensor, Tensor]:
+        """After a level's write: ``(Phi + S, what the level's reads take)``.
+
+        The reads see ``phi = Phi + S + E_k[g]`` (increment S or anchor E_k[g] None: left out).
+        Fast path: the second item is phi's slot features ``[sin phi, cos phi]`` in the weights'
+        dtype, computed once for the level's P reads in one fused pass (``fused.level_core``);
+        reference path: phi.
+        """
+        if self.impl == "fast":
+            return fused.cores(self.compiled_cores).level(phase, increment, anchor, self.proj_kv.weight.dtype)
+        if increment is not None:
+            phase = phase + increment
+        return phase, phase if anchor is None else phase + anchor
 
 
-def level_read_input(
-    impl: str, phase: Tensor, increment: Tensor | None, anchor: Tensor | None, dtype: torch.dtype
-) -> tuple[Tensor, Tensor]:
-    """After a level's write: ``(Phi + S, what the level's reads take)``.
+def write_fast(
+    mod: PhasorMemoryWrite,
+    h: Tensor,
+    phi: Tensor,
+    group: Tensor,
+    carried: Tensor,
+    *,
+    cumsum: bool,
+    training: bool,
+    anchor: Tensor | None = None,
+    compiled: bool = False,
+) -> WriteResult:
+    """Vectorised memory write; same arguments and result as ``reference.write_reference``.
 
-    The reads see ``phi = Phi + S + E_k[g]`` (increment S or anchor E_k[g] None: left out).
-    ``impl == "fast"``: the second item is phi's slot features ``[sin phi, cos phi]`` in
-    ``dtype``, computed once for the level's P reads in one fused pass; ``"reference"``: phi.
+    ``anchor`` (E_k[g], [B, T, N, M] fp32) is added to ``phi`` inside the fused write when given;
+    ``compiled``: through the torch.compile'd cores.
     """
-    if impl == "fast":
-        return level_inputs(phase, increment, anchor, dtype)
-    if increment is not None:
-        phase = phase + increment
-    return phase, phase if anchor is None else phase + anchor
+    n = phi.shape[2]
+    run = fused.cores(compiled)
+    w = (mod.proj_q, mod.proj_k, mod.proj_v, mod.proj_out)
+    params = [p for lin in w for p in (lin.weight, lin.bias)]
+    s, delta = run.write(h, phi, anchor, mod.norm.weight, *params, mod.norm.eps)
+    S, state = run.scan(delta, group, carried, training) if cumsum else fused.scan_free(delta, group, carried, training)
+    choice = s.detach().argmax(-1)  # [B, T]
+    return WriteResult(
+        phi_increment=S, child_group=group * n + choice, group_state=state, probs=s.detach(), delta=delta.detach()
+    )
+
+
+def read_fast(mod: PhasorMemoryRead, h: Tensor, phi: Tensor, *, compiled: bool = False) -> Tensor:
+    """Vectorised memory read; h [B, T, d], phi [B, T, N, M] fp32 -> [B, T, d]."""
+    _, feats = fused.cores(compiled).level(phi, None, None, mod.proj_kv.weight.dtype)
+    return read_fast_features(mod, h, feats, compiled=compiled)
+
+
+def read_fast_features(mod: PhasorMemoryRead, h: Tensor, feats: Tensor, *, compiled: bool = False) -> Tensor:
+    """The read from precomputed slot features (:meth:`PhasorMemoryRead.level_input`):
+    feats [B, T, N, 2M] -> [B, T, d]."""
+    lin = (mod.proj_q, mod.proj_kv, mod.proj_out)
+    params = [p for x in lin for p in (x.weight, x.bias)]
+    return fused.cores(compiled).read(h, feats, mod.norm.weight, *params, mod.norm.eps, mod.num_heads)
 
 
 @torch.no_grad()

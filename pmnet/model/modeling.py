@@ -11,7 +11,8 @@ M phases, R read heads, K levels, G = N**k groups of level k, V vocabulary rows.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from functools import partial
+from typing import Any, NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -21,13 +22,7 @@ from torch.utils.checkpoint import checkpoint
 from pmnet.model.attention import AttentionMask, PMNetAttention, build_attention_mask
 from pmnet.model.config import PMNetConfig
 from pmnet.model.layers import NormalEmbedding, NormalLinear, RMSNorm, SwiGLU, rope_cos_sin
-from pmnet.model.memory import (
-    AnchorTree,
-    PhasorMemoryRead,
-    PhasorMemoryWrite,
-    level_read_input,
-    write_diagnostics,
-)
+from pmnet.model.memory import AnchorTree, PhasorMemoryRead, PhasorMemoryWrite, write_diagnostics
 from pmnet.model.state import PMNetState
 
 AnchorSpec = str | int | Iterable[int | str] | None
@@ -55,6 +50,45 @@ def resolve_anchor_levels(cfg: PMNetConfig, spec: AnchorSpec) -> frozenset[int]:
     return frozenset(out)
 
 
+class LayerMemory(NamedTuple):
+    """What a decoder layer's memory takes (shapes for the layer's level k, G = N**k)."""
+
+    phase: Tensor
+    "Phi [B, T, N, M] fp32: the phases accumulated by the writes of levels < k (<= k after its write)."
+    group: Tensor
+    "[B, T] int64: each byte's level-k group."
+    anchor: Tensor | None = None
+    "E_k[g] [B, T, N, M] fp32, or None (the level's anchors zeroed)."
+    carried: Tensor | None = None
+    "[B, G, N, M] fp32 group states carried from the previous chunk (write layers; else None)."
+    level_read: Tensor | None = None
+    """What the level's write layer prepared for its reads (``PhasorMemoryRead.level_input``:
+    the slot features of ``Phi + E_k[g]`` on the fast path, the angles on the reference path).
+    Phi and the anchors change only at a write, so the P layers of a level read the same
+    angles; read-only layers reuse it."""
+
+
+class LayerOutput(NamedTuple):
+    """What a decoder layer returns."""
+
+    hidden: Tensor
+    "h [B, T, d] after the layer."
+    key: Tensor
+    "[B, H, <= W-1, hd] post-RoPE keys to carry to the next chunk."
+    value: Tensor
+    "[B, H, <= W-1, hd] values to carry."
+    phase: Tensor | None
+    "Phi after the layer's write (None without memory)."
+    child_group: Tensor | None
+    "Write layers: [B, T] the level-(k+1) group of each byte; else None."
+    group_state: Tensor | None
+    "Write layers: [B, G, N, M] the new group states of level k; else None."
+    diagnostics: dict[str, Tensor]
+    "Detached write scalars (``collect=True`` on write layers; else empty)."
+    level_read: Tensor | None
+    "What the level's reads take (see :attr:`LayerMemory.level_read`)."
+
+
 class PMNetDecoderLayer(nn.Module):
     """Attention, (write at l % P == 0), read, MLP; each with a pre-norm residual."""
 
@@ -79,47 +113,37 @@ class PMNetDecoderLayer(nn.Module):
         cos: Tensor,
         sin: Tensor,
         mask: AttentionMask,
-        past_k: Tensor | None,
-        past_v: Tensor | None,
-        phase: Tensor | None,
-        group: Tensor | None,
-        anchor: Tensor | None,
-        carried: Tensor | None,
+        *,
+        past_k: Tensor | None = None,
+        past_v: Tensor | None = None,
+        memory: LayerMemory | None = None,
         collect: bool = False,
-        level_read: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None, dict[str, Tensor], Tensor | None]:
+    ) -> LayerOutput:
         """One layer.
 
-        h [B, T, d]; cos/sin [T, hd]; mask: the chunk's attention window; past_k/v [B, H, <=W-1, hd]; phase Phi [B, T, N, M] fp32;
-        group [B, T] level-k ids; anchor E_k[g] [B, T, N, M] fp32 or None (zeroed); carried [B, G, N, M]
-        (write layers); level_read: what the level's write layer prepared for its reads
-        (``memory.level_read_input``: the slot features of ``Phi + E_k[g]`` on the fast path,
-        the angles themselves on the reference path). Phi and the anchors change only at a
-        write, so the P layers of a level read the same angles; read-only layers reuse it.
-        Returns (h, new_k, new_v, Phi, child group or None, new group state or None,
-        diagnostics, level_read or None).
+        h [B, T, d]; cos/sin [T, hd]; mask: the chunk's attention window; past_k/v [B, H, <=W-1, hd];
+        memory: the memory's inputs (layers with memory; ``carried`` on write layers, ``level_read``
+        on read-only ones).
         """
         attn_out, new_k, new_v = self.self_attn(self.input_layernorm(h), cos, sin, past_k, past_v, mask)
         h = h + attn_out
-        child = state = None
+        phase = child = state = level_read = None
         diag: dict[str, Tensor] = {}
         if self.has_memory:
-            assert phase is not None and group is not None
+            assert memory is not None
+            phase, level_read = memory.phase, memory.level_read
             if self.writes:
-                assert carried is not None
-                res = self.memory_write_module(h, phase, group, carried, anchor)
+                assert memory.carried is not None
+                res = self.memory_write_module(h, phase, memory.group, memory.carried, memory.anchor)
                 child, state = res.child_group, res.group_state
                 if collect:
-                    diag = write_diagnostics(res, self.level, carried.shape[2])
+                    diag = write_diagnostics(res, self.level, memory.carried.shape[2])
                 # Phi accumulates over levels; the read at this layer already sees the increment
-                read_mod = self.memory_read_module
-                phase, level_read = level_read_input(
-                    read_mod.impl, phase, res.phi_increment, anchor, read_mod.proj_kv.weight.dtype
-                )
+                phase, level_read = self.memory_read_module.level_input(phase, res.phi_increment, memory.anchor)
             assert level_read is not None, "a read-only layer needs its level's write layer before it"
             h = h + self.memory_read_module(h, prepared=level_read)
         h = h + self.mlp(self.post_attention_layernorm(h))
-        return h, new_k, new_v, phase, child, state, diag, level_read
+        return LayerOutput(h, new_k, new_v, phase, child, state, diag, level_read)
 
 
 class PMNetModel(nn.Module):
@@ -145,36 +169,44 @@ class PMNetModel(nn.Module):
         cos, sin = rope_cos_sin(state.position, t, cfg.head_dim, cfg.rope_theta, ids.device)
         n_past = state.keys[0].shape[-2] if state.keys else 0
         mask = build_attention_mask(cfg, t, n_past, ids.device, self.training)
-        phase = group = child = anchor = level_read = None
+        mem: LayerMemory | None = None
+        child: Tensor | None = None
         if cfg.use_memory:
-            phase = torch.zeros(b, t, cfg.num_memory, cfg.memory_size, device=ids.device)  # Phi, fp32
-            group = torch.zeros(b, t, dtype=torch.int64, device=ids.device)  # root
-        new_keys, new_values, new_phases = [], [], []
+            mem = LayerMemory(
+                phase=torch.zeros(b, t, cfg.num_memory, cfg.memory_size, device=ids.device),  # Phi, fp32
+                group=torch.zeros(b, t, dtype=torch.int64, device=ids.device),  # root
+            )
+        new_keys: list[Tensor] = []
+        new_values: list[Tensor] = []
+        new_phases: list[Tensor] = []
         diagnostics: dict[str, Tensor] = {}
         use_ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
-        for i, layer in enumerate(self.layers):
+        for i, layer in enumerate(cast("Iterable[PMNetDecoderLayer]", self.layers)):
             level = layer.level
-            carried = None
-            if cfg.use_memory and layer.writes:
-                if child is not None:
-                    group = child  # routing of level k-1 takes effect from layer kP on
-                carried = state.group_phases[level]
-                # E_k[g]: one lookup serves the P layers of the level
-                anchor = None if level in zeroed else self.memory_embeddings(level, group)
+            if mem is not None:
+                if layer.writes:
+                    # routing of level k-1 takes effect from layer kP on
+                    group = mem.group if child is None else child
+                    # E_k[g]: one lookup serves the P layers of the level
+                    anchor = None if level in zeroed else self.memory_embeddings(level, group)
+                    mem = mem._replace(group=group, anchor=anchor, carried=state.group_phases[level])
+                else:
+                    mem = mem._replace(carried=None)
             past_k = state.keys[i] if state.keys else None
             past_v = state.values[i] if state.values else None
-            args = (h, cos, sin, mask, past_k, past_v, phase, group, anchor, carried, collect, level_read)
-            if use_ckpt:
-                out = checkpoint(layer, *args, use_reentrant=False)
-            else:
-                out = layer(*args)
-            h, k_i, v_i, phase, new_child, g_state, diag, level_read = out
-            new_keys.append(k_i)
-            new_values.append(v_i)
+            run = partial(checkpoint, layer, use_reentrant=False) if use_ckpt else layer
+            out: LayerOutput = run(h, cos, sin, mask, past_k=past_k, past_v=past_v, memory=mem, collect=collect)
+            h = out.hidden
+            new_keys.append(out.key)
+            new_values.append(out.value)
+            if mem is not None:
+                assert out.phase is not None
+                mem = mem._replace(phase=out.phase, level_read=out.level_read)
             if layer.writes:
-                child = new_child
-                new_phases.append(g_state)
-            diagnostics.update(diag)
+                assert out.group_state is not None
+                child = out.child_group
+                new_phases.append(out.group_state)
+            diagnostics.update(out.diagnostics)
         new_state = PMNetState(
             group_phases=new_phases,
             keys=new_keys,
@@ -233,14 +265,31 @@ class PMNetForCausalLM(nn.Module):
         Defaults to ``fullgraph=True``: the fast path has static shapes only, so a graph
         break is a bug, not a slowdown to live with.
         """
-        from pmnet.model.compiled import _raise_recompile_limit
-
         # every layer shares one code object: write / read-only layers, each level's shapes,
         # training and no-grad eval are separate entries, more than dynamo's default of 8
-        _raise_recompile_limit(64)
+        raise_recompile_limit(64)
         compile_kwargs.setdefault("fullgraph", True)
         for layer in self.model.layers:
             layer.compile(**compile_kwargs)
+
+    def compile_memory_cores(self, enabled: bool = True) -> None:
+        """Run the fast memory's read / write / scan / level cores through ``torch.compile(fullgraph=True)``
+        (``fused.py``: compiled once per process, shared by every layer and model); False: eager.
+
+        The switch belongs to this model: its memory modules read it (``compiled_cores``), so a
+        second model in the same process (an eager baseline, an ablated variant) is unaffected.
+        Inside a layer compiled whole (:meth:`compile_layers`) the eager cores are inlined instead.
+        """
+        for mod in self.modules():
+            if isinstance(mod, PhasorMemoryRead | PhasorMemoryWrite):
+                mod.compiled_cores = bool(enabled)
+
+    @property
+    def memory_cores_compiled(self) -> bool:
+        """Whether :meth:`compile_memory_cores` switched the compiled cores on."""
+        return any(
+            mod.compiled_cores for mod in self.modules() if isinstance(mod, PhasorMemoryRead | PhasorMemoryWrite)
+        )
 
     def init_state(self, batch_size: int, device: torch.device | str | None = None) -> PMNetState:
         """Fresh state for ``batch_size`` new streams: zero phases, empty windows, position 0."""
@@ -298,6 +347,19 @@ def initial_state(
     keys = [torch.zeros(empty, dtype=dtype, device=device) for _ in range(cfg.num_hidden_layers)]
     values = [torch.zeros(empty, dtype=dtype, device=device) for _ in range(cfg.num_hidden_layers)]
     return PMNetState(group_phases=phases, keys=keys, values=values, position=0)
+
+
+def raise_recompile_limit(limit: int) -> None:
+    """Let one code object hold ``limit`` compiled versions (dynamo's default is 8).
+
+    One compiled function or module class serves every shape it meets (training, no-grad
+    eval, chunks with and without carried keys, each level's group count for the scan).
+    """
+    import torch._dynamo as dynamo  # only when compiling: importing dynamo costs seconds
+
+    for name in ("recompile_limit", "cache_size_limit"):  # renamed across torch versions
+        if hasattr(dynamo.config, name) and getattr(dynamo.config, name) < limit:
+            setattr(dynamo.config, name, limit)
 
 
 def lm_loss(logits: Tensor, targets: Tensor, ignore_index: int = 0) -> Tensor:

@@ -1,9 +1,12 @@
-"""Slow, obvious phasor memory (MODEL.md sections 3-4): the test oracle of the fast path.
+"""Slow, obvious phasor memory (MODEL.md sections 3-4): the test oracles of the fast path.
 
 Everything here is written the way the equations read: the phase-space scores through
 explicit differences ``cos(q - key)``, and the per-group recurrence as a plain loop over
 positions that keeps one running sum per group (reduced mod 2 pi at every step, which is
 also exactly what streaming one byte at a time does). Nothing here is meant to be fast.
+
+:func:`segmented_prefix_sum` is the exact (fp64) oracle of the fast path's blocked fp32
+scan (``scan.blocked_segmented_prefix_sum``).
 
 Shape letters: B batch, T bytes, d hidden, N slots, M phases, R read heads, G = N**k groups.
 """
@@ -11,15 +14,43 @@ Shape letters: B batch, T bytes, d hidden, N slots, M phases, R read heads, G = 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-if TYPE_CHECKING:
-    from pmnet.model.memory import PhasorMemoryRead, PhasorMemoryWrite, WriteResult
+from pmnet.model.scan import TWO_PI
+from pmnet.model.state import WriteResult
 
-TWO_PI = 2.0 * math.pi
+
+class WriteModule(Protocol):
+    """What the writes read of their module (``memory.PhasorMemoryWrite``)."""
+
+    @property
+    def norm(self) -> nn.Module: ...
+    @property
+    def proj_q(self) -> nn.Linear: ...
+    @property
+    def proj_k(self) -> nn.Linear: ...
+    @property
+    def proj_v(self) -> nn.Linear: ...
+    @property
+    def proj_out(self) -> nn.Linear: ...
+
+
+class ReadModule(Protocol):
+    """What the reads read of their module (``memory.PhasorMemoryRead``)."""
+
+    @property
+    def num_heads(self) -> int: ...
+    @property
+    def norm(self) -> nn.Module: ...
+    @property
+    def proj_q(self) -> nn.Linear: ...
+    @property
+    def proj_kv(self) -> nn.Linear: ...
+    @property
+    def proj_out(self) -> nn.Linear: ...
 
 
 def phase_features(phi: Tensor) -> Tensor:
@@ -28,7 +59,7 @@ def phase_features(phi: Tensor) -> Tensor:
 
 
 def write_reference(
-    mod: PhasorMemoryWrite,
+    mod: WriteModule,
     h: Tensor,
     phi: Tensor,
     group: Tensor,
@@ -42,8 +73,6 @@ def write_reference(
     h [B, T, d]; phi [B, T, N, M] fp32 (= Phi + anchors of the current group);
     group [B, T] level-k group ids; carried [B, G, N, M] fp32 group states.
     """
-    from pmnet.model.memory import WriteResult
-
     b, t, n, m = phi.shape
     x = mod.norm(h)
     q = math.pi * torch.tanh(mod.proj_q(x).float())  # [B, T, M]
@@ -85,7 +114,7 @@ def write_reference(
     )
 
 
-def read_reference(mod: PhasorMemoryRead, h: Tensor, phi: Tensor) -> Tensor:
+def read_reference(mod: ReadModule, h: Tensor, phi: Tensor) -> Tensor:
     """One memory read with explicit phase differences; h [B, T, d], phi [B, T, N, M] -> [B, T, d]."""
     b, t, n, m = phi.shape
     r = mod.num_heads
@@ -98,3 +127,35 @@ def read_reference(mod: PhasorMemoryRead, h: Tensor, phi: Tensor) -> Tensor:
     a = torch.softmax(score, dim=2)  # over the N slots
     out = (a[..., None] * val).sum(2)  # [B, T, R, M]
     return mod.proj_out(out.reshape(b, t, r * m).to(mod.proj_out.weight.dtype))
+
+
+def segmented_prefix_sum(delta: Tensor, group: Tensor, carried: Tensor) -> tuple[Tensor, Tensor]:
+    """Inclusive prefix sum of ``delta`` within each group, plus the group's carried state, mod 2 pi.
+
+    delta [B, T, D] fp32, group [B, T] int64 in [0, G), carried [B, G, D] fp32.
+    Returns S [B, T, D] fp32 in [0, 2 pi) and the new group states [B, G, D] (the value of S
+    at each group's last position; the carried value for groups no position reached).
+
+    Static shapes only: a stable ordering by (group, position) is an argsort of
+    ``group * T + t``; one cumsum over the sorted sequence; each position subtracts the
+    running total where its group's segment starts (found from per-group counts).
+    """
+    b, t, dim = delta.shape
+    g_count = carried.shape[1]
+    pos = torch.arange(t, device=delta.device)
+    perm = torch.argsort(group * t + pos, dim=1)  # [B, T]
+    g_sorted = group.gather(1, perm)  # [B, T] non-decreasing
+    d_sorted = delta.gather(1, perm[..., None].expand(b, t, dim)).double()  # [B, T, D]
+    csum = d_sorted.cumsum(dim=1)  # [B, T, D] fp64
+    counts = torch.zeros(b, g_count, dtype=torch.int64, device=delta.device)
+    counts = counts.scatter_add(1, group, torch.ones_like(group))  # [B, G]
+    starts = counts.cumsum(1) - counts  # [B, G] first sorted index of each group
+    seg_start = starts.gather(1, g_sorted)  # [B, T]
+    before = (csum - d_sorted).gather(1, seg_start[..., None].expand(b, t, dim))  # running total before the segment
+    s_sorted = csum - before + carried.double().gather(1, g_sorted[..., None].expand(b, t, dim))
+    s_sorted = torch.remainder(s_sorted, TWO_PI)  # [B, T, D] fp64
+    out = torch.zeros_like(s_sorted).scatter(1, perm[..., None].expand(b, t, dim), s_sorted).float()
+    ends = (starts + counts - 1).clamp(min=0)  # [B, G] last sorted index of each group
+    last = s_sorted.gather(1, ends[..., None].expand(b, g_count, dim)).float()
+    new_state = torch.where((counts > 0)[..., None], last, carried.float())
+    return out, new_state

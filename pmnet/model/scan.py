@@ -2,7 +2,7 @@
 
 MODEL.md section 3: ``S_t = carried[g_t] + sum_{tau <= t, g_tau == g_t} delta_tau  (mod 2 pi)``.
 
-``phasor_fast.segmented_prefix_sum`` does this with one fp64 cumsum over the whole
+``reference.segmented_prefix_sum`` (the oracle) does this with one fp64 cumsum over the whole
 (group-sorted) sequence: partial sums grow to T x pi, so fp32 would lose about 1e-3 rad at
 T = 32k, and inductor cannot compile the fp64 gather kernels it needs. Here the cumsum is
 blocked so that no fp32 number ever grows large:
@@ -76,7 +76,7 @@ def blocked_segmented_prefix_sum(
     delta [B, T, D] fp32, group [B, T] int64 in [0, G), carried [B, G, D] fp32.
     Returns (S [B, T, D] in [0, 2 pi), new group states [B, G, D]: S at each group's last
     position, the carried value for groups that no position reached). Same contract as
-    ``phasor_fast.segmented_prefix_sum``.
+    ``reference.segmented_prefix_sum``.
     """
     b, t, dim = delta.shape
     g_count = carried.shape[1]

@@ -12,15 +12,38 @@ A stream longer than one chunk is fed as consecutive calls
 
 The model never detaches the state: the trainer calls :meth:`PMNetState.detach` at a
 truncated-BPTT boundary, so gradients can flow across chunks when it wants them to.
+
+:class:`WriteResult` is what one memory write hands on inside a call: the phase increment,
+the routing to the next level and the new group states (which end up in ``group_phases``).
+Both memory paths (``reference.py``, ``fused.py`` through ``memory.py``) return it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
+
+
+class WriteResult(NamedTuple):
+    """What one memory write produces (shapes for level k, G = N**k).
+
+    A named tuple: DeepSpeed ZeRO-3 and torch.compile see its tensors without help.
+    """
+
+    phi_increment: Tensor
+    "S [B, T, N, M] fp32 in [0, 2 pi): added to Phi."
+    child_group: Tensor
+    "[B, T] int64: N * g + argmax_n s_n, the group used from level k+1 on."
+    group_state: Tensor
+    "[B, G, N, M] fp32: S at each group's last position (the carried state)."
+    probs: Tensor
+    "[B, T, N] detached write softmax s (diagnostics)."
+    delta: Tensor
+    "[B, T, N, M] detached increments s_n * theta (diagnostics)."
 
 
 @dataclass

@@ -166,37 +166,14 @@ def build_model(cfg: Config, ds_config: dict[str, Any]) -> nn.Module:
     if cfg.deepspeed.zero_stage == 3 and cfg.model.use_memory:
         # The fused memory paths read their sub-modules' weights directly (norm.weight, proj_*.weight)
         # without calling those sub-modules, so ZeRO-3 must gather the whole memory module at its
-        # forward instead of hooking each child.
+        # forward instead of hooking each child. The write returns a NamedTuple (WriteResult), whose
+        # tensors ZeRO-3 finds like those of any tuple.
         from deepspeed.utils import set_z3_leaf_modules
 
         from pmnet.model.memory import PhasorMemoryRead, PhasorMemoryWrite
 
         set_z3_leaf_modules(model, [PhasorMemoryRead, PhasorMemoryWrite])
-        _tuple_outputs(model, PhasorMemoryWrite)
     return model
-
-
-def _tuple_outputs(model: nn.Module, cls: type) -> None:
-    """ZeRO-3 re-gathers a module's parameters for backward through hooks on the tensors of its
-    output, and it only looks inside tensors, tuples, lists and dicts. The memory write returns a
-    dataclass, so its output is turned into a namedtuple with the same fields (attribute access
-    unchanged) by a forward hook that runs before DeepSpeed's, which are registered later."""
-    import collections
-    import dataclasses
-
-    made: dict[type, Any] = {}
-
-    def as_tuple(_module: nn.Module, _args: Any, output: Any) -> Any:
-        if not dataclasses.is_dataclass(output):
-            return None
-        kind = type(output)
-        if kind not in made:
-            made[kind] = collections.namedtuple(kind.__name__ + "Tuple", [f.name for f in dataclasses.fields(output)])
-        return made[kind](*(getattr(output, f.name) for f in dataclasses.fields(output)))
-
-    for module in model.modules():
-        if isinstance(module, cls):
-            module.register_forward_hook(as_tuple)
 
 
 def build_engine(cfg: Config, model: nn.Module, env: DistEnv, ds_config: dict[str, Any]) -> tuple[Any, GuardedAdamW]:

@@ -1,6 +1,6 @@
 """Issue 8's fast path: the blocked fp32 scan, the compiled cores, fullgraph compilation.
 
-Oracles: ``phasor_fast.segmented_prefix_sum`` (one fp64 cumsum: exact up to fp64 rounding)
+Oracles: ``reference.segmented_prefix_sum`` (one fp64 cumsum: exact up to fp64 rounding)
 for the scan, the eager fast path (itself checked against ``reference.py`` in
 test_model_memory.py) for the compiled one, and the reference model for values and grads.
 """
@@ -14,7 +14,8 @@ import torch
 
 from pmnet.model import fused, lm_loss
 from pmnet.model.compiled import compile_fast_path
-from pmnet.model.phasor_fast import segmented_prefix_sum
+from pmnet.model.memory import PhasorMemoryRead, read_fast
+from pmnet.model.reference import read_reference, segmented_prefix_sum
 from pmnet.model.scan import blocked_segmented_prefix_sum, mod_2pi
 from tests.model.model_helpers import build, random_ids, three_level_cfg, with_cfg
 
@@ -94,8 +95,6 @@ def test_blocked_scan_long_chunk_precision(groups: int, same_sign: bool, tol: fl
 
 def _random_read(cfg):
     """A memory read with weights large enough that its phases matter (seeded)."""
-    from pmnet.model.memory import PhasorMemoryRead
-
     torch.manual_seed(0)
     mod = PhasorMemoryRead(cfg)
     with torch.no_grad():
@@ -111,9 +110,6 @@ def test_read_value_half_once_per_head(dtype: torch.dtype, memory_size: int) -> 
     # sum_n a_rn (Wv_r f_n + bv_r) == Wv_r (sum_n a_rn f_n) + bv_r: the fast read against the
     # per-slot reference, in fp32 (tight) and with bf16 weights (bf16 rounding only);
     # M = 32 > d / 2 takes the branch that folds Wv into Wo (fused.fold_value_out), M = 8 not
-    from pmnet.model.phasor_fast import read_fast
-    from pmnet.model.reference import read_reference
-
     cfg = three_level_cfg(memory_size=memory_size)
     assert fused.fold_value_out(cfg.hidden_size, memory_size) == (memory_size == 32)
     mod = _random_read(cfg)
@@ -131,8 +127,6 @@ def test_level_features_read_matches_reference(with_anchor: bool) -> None:
     # The fast path prepares a level's reads once (Phi + S and the slot features of
     # Phi + S + E_k[g], fused.level_core); a read from those features equals the reference read
     # of the angles, values and gradients with respect to Phi, S and the anchors (fp32)
-    from pmnet.model.memory import level_read_input
-
     cfg = three_level_cfg(memory_size=16)
     mod = _random_read(cfg)
     g = torch.Generator().manual_seed(2)
@@ -144,7 +138,7 @@ def test_level_features_read_matches_reference(with_anchor: bool) -> None:
     for impl in ("fast", "reference"):
         mod.impl = impl
         phase, inc, anchor = (x.clone().requires_grad_() for x in leaves)
-        new_phase, read_in = level_read_input(impl, phase, inc, anchor if with_anchor else None, torch.float32)
+        new_phase, read_in = mod.level_input(phase, inc, anchor if with_anchor else None)
         out = mod(h, prepared=read_in)
         loss = (out * w).sum() + torch.sin(new_phase).sum()
         grads = torch.autograd.grad(loss, [phase, inc, anchor], allow_unused=True)
@@ -169,7 +163,7 @@ def _loss_and_grads(model, ids):
 
 @pytest.mark.slow
 def test_compiled_cores_equal_eager_and_reference_cpu() -> None:
-    # fused.set_compiled: read / write / scan through torch.compile(fullgraph=True) (inductor
+    # compile_memory_cores: read / write / scan through torch.compile(fullgraph=True) (inductor
     # on CPU); logits and gradients equal the eager fast path and the per-position reference
     cfg = three_level_cfg(attn_backend="sdpa", memory_size=32)  # d < 2M: the folded value/out projection
     model = build(cfg, sharpen=4.0).train()
@@ -177,11 +171,9 @@ def test_compiled_cores_equal_eager_and_reference_cpu() -> None:
     ids = random_ids(2, 48)
     ref_logits, ref_grads = _loss_and_grads(ref, ids)
     eager_logits, eager_grads = _loss_and_grads(model, ids)
-    fused.set_compiled(True)
-    try:
-        comp_logits, comp_grads = _loss_and_grads(model, ids)
-    finally:
-        fused.set_compiled(False)
+    model.compile_memory_cores(True)
+    assert model.memory_cores_compiled
+    comp_logits, comp_grads = _loss_and_grads(model, ids)
     assert (comp_logits - eager_logits).abs().max() < 1e-5
     assert (comp_logits - ref_logits).abs().max() < 1e-4
     for r, e, c in zip(ref_grads, eager_grads, comp_grads):
@@ -238,10 +230,7 @@ def test_compile_fast_path_gpu_matches_reference(dtype: torch.dtype) -> None:
     ref_logits, ref_grads = _loss_and_grads(ref, ids)
     fast = model.to(dtype)
     compile_fast_path(fast)
-    try:
-        logits, grads = _loss_and_grads(fast, ids)
-    finally:
-        fused.set_compiled(False)
+    logits, grads = _loss_and_grads(fast, ids)
     if dtype == torch.float32:
         assert (logits - ref_logits).abs().max() < 1e-4
         for r, c in zip(ref_grads, grads):

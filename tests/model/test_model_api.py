@@ -11,6 +11,7 @@ import torch
 
 import pmnet.model as pm
 from pmnet.model import PMNetForCausalLM, PMNetState, lm_loss
+from pmnet.model.modeling import LayerMemory
 from tests.model.model_helpers import build, random_ids, three_level_cfg, tiny_cfg
 
 MODEL_DIR = Path(pm.__file__).parent
@@ -124,16 +125,17 @@ def test_decoder_layer_traces_without_graph_breaks() -> None:
 
     cos, sin = rope_cos_sin(0, t, cfg.head_dim, cfg.rope_theta, torch.device("cpu"))
     mask = build_attention_mask(cfg, t, 0, torch.device("cpu"), training=True)
-    args = (
-        torch.randn(b, t, cfg.hidden_size), cos, sin, mask, None, None,
-        torch.zeros(b, t, cfg.num_memory, cfg.memory_size), torch.zeros(b, t, dtype=torch.long),
-        model.model.memory_embeddings(0, torch.zeros(b, t, dtype=torch.long)), torch.zeros(b, 1, cfg.num_memory, cfg.memory_size),
+    memory = LayerMemory(
+        phase=torch.zeros(b, t, cfg.num_memory, cfg.memory_size), group=torch.zeros(b, t, dtype=torch.long),
+        anchor=model.model.memory_embeddings(0, torch.zeros(b, t, dtype=torch.long)),
+        carried=torch.zeros(b, 1, cfg.num_memory, cfg.memory_size),
     )  # fmt: skip
+    args = (torch.randn(b, t, cfg.hidden_size), cos, sin, mask)
     compiled_layer = torch.compile(layer, backend="eager", fullgraph=True)
-    out = compiled_layer(*args)  # training mode, with grad: the path the trainer compiles
-    out[0].sum().backward()
-    eager = layer(*args)
-    assert torch.allclose(eager[0], out[0], atol=1e-5) and torch.allclose(eager[3], out[3], atol=1e-5)
+    out = compiled_layer(*args, memory=memory)  # training mode, with grad: the path the trainer compiles
+    out.hidden.sum().backward()
+    eager = layer(*args, memory=memory)
+    assert torch.allclose(eager.hidden, out.hidden, atol=1e-5) and torch.allclose(eager.phase, out.phase, atol=1e-5)
 
 
 def test_invalid_config_is_refused() -> None:

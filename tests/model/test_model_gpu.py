@@ -69,7 +69,7 @@ def test_scan_exact_with_tf32_enabled() -> None:
     # the per-group scan has no matmul, so TF32 cannot round the phases. (The whole model is no
     # test of that: its projections do round under TF32, and with sharpened weights a rounding
     # difference flips the hard write routing, so fast and reference states then differ.)
-    from pmnet.model.phasor_fast import segmented_prefix_sum
+    from pmnet.model.reference import segmented_prefix_sum
     from pmnet.model.scan import blocked_segmented_prefix_sum
 
     torch.backends.cuda.matmul.allow_tf32 = True

@@ -46,8 +46,7 @@ def _run(model, ids: torch.Tensor, eps: torch.Tensor | None, emb: torch.Tensor) 
         def inject(mod, inputs, res):
             e = eps[:, start["t"] : start["t"] + inputs[0].shape[1]]
             inc = e.cumsum(1)  # [B, T, N, M]: eps_t reaches every later position of the root group
-            return dataclasses.replace(
-                res,
+            return res._replace(
                 phi_increment=res.phi_increment + inc,
                 group_state=res.group_state + inc[:, -1:],
             )

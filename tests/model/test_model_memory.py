@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from pmnet.model.memory import PhasorMemoryRead, PhasorMemoryWrite
-from pmnet.model.phasor_fast import phase_scores, read_fast, segmented_prefix_sum, write_fast
-from pmnet.model.reference import read_reference, write_reference
+from pmnet.model.fused import phase_scores
+from pmnet.model.memory import PhasorMemoryRead, PhasorMemoryWrite, read_fast, write_fast
+from pmnet.model.reference import read_reference, segmented_prefix_sum, write_reference
 from pmnet.model.scan import blocked_segmented_prefix_sum
 from tests.model.model_helpers import build, random_ids, three_level_cfg
 

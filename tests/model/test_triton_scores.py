@@ -95,7 +95,7 @@ def test_fast_kernel_close_to_fp64(shape: tuple[int, int, int, int]) -> None:
 
 @pytest.mark.gpu
 def test_compiled_read_and_write_same_with_and_without_kernel() -> None:
-    from pmnet.model import fused, triton_scores
+    from pmnet.model import triton_scores
     from tests.model.model_helpers import build, random_ids, tiny_cfg
 
     model = build(tiny_cfg(attn_backend="flex"), sharpen=2.0).cuda().to(torch.bfloat16)
@@ -104,13 +104,13 @@ def test_compiled_read_and_write_same_with_and_without_kernel() -> None:
     for enabled in (False, True):
         triton_scores.set_enabled(enabled)
         try:
-            fused.set_compiled(True)
+            model.compile_memory_cores(True)
             logits, _ = model(ids)
             loss = torch.nn.functional.cross_entropy(logits[:, :-1].float().flatten(0, 1), ids[:, 1:].flatten())
             grads = torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad])
             losses.append((loss.item(), torch.cat([g.float().flatten() for g in grads])))
         finally:
-            fused.set_compiled(False)
+            model.compile_memory_cores(False)
             triton_scores.set_enabled(True)
     (l0, g0), (l1, g1) = losses
     assert abs(l0 - l1) < 1e-2 * abs(l0)

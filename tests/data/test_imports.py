@@ -1,0 +1,51 @@
+"""Sharding a corpus needs neither torch nor the model: the byte ids live in ``pmnet.vocab``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+# the modules the shard tool's run goes through (tools/shard_dataset.py -> data_pipeline.sharding)
+TORCH_FREE = [
+    "pmnet.vocab",
+    "data_pipeline.packing",
+    "data_pipeline.manifest",
+    "data_pipeline.sources",
+    "data_pipeline.writer",
+    "data_pipeline.verify",
+    "data_pipeline.sharding",
+]
+
+
+def test_sharding_path_imports_without_torch() -> None:
+    code = (
+        "import importlib, sys\n"
+        f"for name in {TORCH_FREE!r}:\n"
+        "    importlib.import_module(name)\n"
+        "    loaded = [m for m in ('torch', 'pmnet.model') if m in sys.modules]\n"
+        "    assert not loaded, f'importing {name} loaded {loaded}'\n"
+        "print('TORCH_FREE_OK')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "TORCH_FREE_OK" in proc.stdout
+
+
+def test_model_and_data_share_the_byte_ids() -> None:
+    import pmnet.vocab
+    from data_pipeline import packing
+    from pmnet.model import config
+
+    for name in ("PAD_ID", "BOS_ID", "EOS_ID"):
+        assert getattr(config, name) == getattr(pmnet.vocab, name) == getattr(packing, name)
+    cfg = config.PMNetConfig()
+    assert (cfg.pad_token_id, cfg.bos_token_id, cfg.eos_token_id) == (
+        pmnet.vocab.PAD_ID,
+        pmnet.vocab.BOS_ID,
+        pmnet.vocab.EOS_ID,
+    )
