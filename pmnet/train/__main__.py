@@ -13,8 +13,13 @@ import json
 import os
 import sys
 import warnings
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from pmnet.config import Config, ConfigError, dump_config, load_config, validate_config
+
+if TYPE_CHECKING:
+    from pmnet.train.loop import Hook
 
 USAGE = "python -m pmnet.train CONFIG [section.key=value ...] [--dry-run [--world-size N]] [--help-config]"
 
@@ -49,7 +54,7 @@ def dry_run(cfg: Config, world_size: int) -> str:
     from pmnet.train.engine import accumulation_steps, deepspeed_config
 
     t = cfg.train
-    chunk = (cfg.data.sample_bytes - 1) // t.tbptt_chunks
+    chunk = cfg.tbptt_chunk_bytes()
     lines = [
         "# resolved config",
         dump_config(cfg).rstrip(),
@@ -68,8 +73,9 @@ def dry_run(cfg: Config, world_size: int) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit code."""
+def main(argv: list[str] | None = None, extra_hooks: Sequence[Hook] = ()) -> int:
+    """Entry point; returns the exit code. ``extra_hooks`` go to :func:`~pmnet.train.trainer.train`
+    (a wrapper's seam: ``tests/fault_train.py`` injects faults so)."""
     # DeepSpeed 0.19 calls collectives torch 2.14 deprecates: one FutureWarning per call site and rank
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
     args = _parse(list(sys.argv[1:] if argv is None else argv))
@@ -101,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         validate_config(cfg, int(os.environ.get("WORLD_SIZE", "1")))
         env = setup_distributed(cfg.train.device, cfg.deepspeed.timeout_minutes)
-        code = train(cfg, env)
+        code = train(cfg, env, extra_hooks=extra_hooks)
     except user_errors as err:
         if env is None or env.is_main:
             print(f"error: {err}", file=sys.stderr)
