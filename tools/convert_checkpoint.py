@@ -5,9 +5,12 @@
                          DeepSpeed checkpoint (ZeRO 0-3, any ranks; a step directory or a run
                          directory = its newest valid checkpoint) -> config.json (the released
                          model's key set) + safetensors + byte-tokenizer files (MODEL.md
-                         section 7), streamed: peak RAM far below one fp32 model copy.
+                         section 7), streamed: peak RAM far below one fp32 model copy;
+                         a progress bar of the bytes written on a terminal (stderr).
   universal CKPT         add CKPT/universal (DeepSpeed universal checkpoint) so the run resumes
                          on a different number of ranks; checks the data-stream condition.
+                         (No progress bar: DeepSpeed's ds_to_universal runs in a subprocess
+                         whose output is kept for the error line.)
   start-from DIR         check an interchange directory (ours, or the released model's folder as
                          transformers saved it) and print the command that starts a run from it
                          (train.init_from=DIR, fresh optimizer).
@@ -81,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
             from pmnet.checkpoint.convert import convert_to_interchange
 
             res = convert_to_interchange(args.ckpt, args.out, dtype=args.dtype, max_shard_size=args.max_shard_size,
-                                         force=args.force, config_path=args.config, allow_unverified=args.allow_unverified)  # fmt: skip
+                                         force=args.force, config_path=args.config, allow_unverified=args.allow_unverified,
+                                         progress=not args.json)  # fmt: skip
             out = res.to_dict()
             text = (f"wrote {res.out_dir}: {', '.join(res.files)} ({res.num_tensors} tensors, "
                     f"{res.num_parameters:,} parameters, {res.total_bytes / 1e6:.1f} MB {args.dtype}; "
