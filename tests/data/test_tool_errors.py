@@ -198,3 +198,26 @@ def test_old_flag_spellings_still_work(good: tuple[Path, Path], capsys: pytest.C
     assert cli.main(["--input", str(src), "--output", str(out), "--no-progress"]) == 0
     err = capsys.readouterr().err
     assert "--input is deprecated" in err and "--output is deprecated, use --out" in err and "up to date" in err
+
+
+def test_output_lock_excludes_a_second_run_and_is_removed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One run per output: a second one is refused while the first holds the lock; the lock file is
+    gone when the run ends, and a stale one (a killed run's) is taken over and removed."""
+    from data_pipeline import sharding
+    from data_pipeline.errors import DataPipelineError
+
+    monkeypatch.setattr(sharding, "_LOCK_WAIT_S", 0.3)
+    out = tmp_path / "out"
+    lock = sharding.lock_path(out)
+    with sharding._exclusive(out):
+        assert lock.exists()
+        with (
+            pytest.raises(DataPipelineError, match="another shard_dataset run is writing it"),
+            sharding._exclusive(out),
+        ):
+            pass
+    assert not lock.exists()
+    lock.write_text("")  # left by a SIGKILLed run: no process holds its flock
+    with sharding._exclusive(out):
+        pass
+    assert not lock.exists() and not list(tmp_path.glob(".out*"))
