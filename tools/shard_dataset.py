@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Parse, run, and turn every user-facing problem into one line on stderr (exit 2; 1 for --verify)."""
     p = build_parser()
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # INPUTs may come before, between or after the options
     inputs = [*args.inputs, *getattr(args, "old_inputs", [])]
     if args.out is None:
         p.error("the output directory is required (--out DIR)")
