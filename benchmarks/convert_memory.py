@@ -139,7 +139,9 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(("python + numpy + yaml (floor)", floor, 0.0))
         out = work / "interchange"
         try:
-            rss, secs, _ = peak_rss([PY, "tools/convert_checkpoint.py", "interchange", str(ckpt), str(out), "--force"])
+            rss, secs, _ = peak_rss(
+                [PY, "tools/convert_checkpoint.py", "interchange", str(ckpt), "--out", str(out), "--force"]
+            )
         except RuntimeError as err:
             raise SystemExit(f"convert_memory.py: error: {err}") from None
         rows.append(("tools/convert_checkpoint.py interchange", rss, secs))

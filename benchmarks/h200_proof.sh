@@ -23,7 +23,7 @@ rm -rf "$RES" /tmp/pmd /tmp/runs /tmp/cp && mkdir -p "$RES" "$OUT"
 START=$(date +%s)
 
 echo "== shard ($(( $(date +%s) - START )) s)"
-"$PMNET_PYTHON" tools/shard_dataset.py --input data_pipeline/samples --output /tmp/pmd \
+"$PMNET_PYTHON" tools/shard_dataset.py data_pipeline/samples --out /tmp/pmd \
     --sample-bytes 8193 --val-fraction 0.05 --no-progress 2>&1 | tail -3
 
 echo "== 119M through launchers/pretrain.sh ($(( $(date +%s) - START )) s)"

@@ -50,7 +50,7 @@ if [ "$PART" = train ]; then
 elif [ "$PART" = launch ]; then
     stamp "shard $TEXT"
     rm -rf /tmp/pmd /tmp/runs
-    "$PY" tools/shard_dataset.py --input "$TEXT" --output /tmp/pmd --sample-bytes 8193 --val-fraction 0.02 \
+    "$PY" tools/shard_dataset.py "$TEXT" --out /tmp/pmd --sample-bytes 8193 --val-fraction 0.02 \
         --no-progress 2>&1 | tail -2
     stamp "119M through launchers/pretrain.sh, $STEPS steps of 64 x 8192 bytes"
     timeout --preserve-status -s TERM -k 30 330 bash launchers/pretrain.sh configs/pmnet_119m.yaml \
@@ -75,7 +75,7 @@ elif [ "$PART" = tune ]; then
     # A/B of DeepSpeed settings through the launcher, one short run each, same machine and shards:
     # TUNE_SETS="label:override override;label2:..." (label "base" with no overrides first)
     stamp "shard $TEXT"
-    rm -rf /tmp/pmd && "$PY" tools/shard_dataset.py --input "$TEXT" --output /tmp/pmd --sample-bytes 8193 \
+    rm -rf /tmp/pmd && "$PY" tools/shard_dataset.py "$TEXT" --out /tmp/pmd --sample-bytes 8193 \
         --val-fraction 0.02 --no-progress 2>&1 | tail -1
     IFS=';' read -ra SETS <<< "${TUNE_SETS:-base:}"
     for set in "${SETS[@]}"; do
@@ -116,7 +116,7 @@ elif [ "$PART" = restart ]; then
     # issue 16: time from process start to the first optimizer step, cold (empty compile cache in
     # the run directory) and on a restart that resumes from a checkpoint and finds the cache
     stamp "shard $TEXT"
-    rm -rf /tmp/pmd /tmp/runs && "$PY" tools/shard_dataset.py --input "$TEXT" --output /tmp/pmd --sample-bytes 8193 \
+    rm -rf /tmp/pmd /tmp/runs && "$PY" tools/shard_dataset.py "$TEXT" --out /tmp/pmd --sample-bytes 8193 \
         --val-fraction 0.02 --no-progress 2>&1 | tail -1
     common=(configs/pmnet_119m.yaml 'data.streams=[{local: /tmp/pmd, split: train}]' 'data.val_streams=[]'
             train.max_steps=4 optim.warmup_steps=2 eval.interval=0 checkpoint.interval=100000
@@ -155,7 +155,7 @@ elif [ "$PART" = dropout ]; then
         > "$OUT/gpu_tests_window.txt" 2>&1
     grep -E "PASSED|FAILED|ERROR|passed|failed" "$OUT/gpu_tests_window.txt" | tail -6
     stamp "shard $TEXT"
-    rm -rf /tmp/pmd && "$PY" tools/shard_dataset.py --input "$TEXT" --output /tmp/pmd --sample-bytes 8193 \
+    rm -rf /tmp/pmd && "$PY" tools/shard_dataset.py "$TEXT" --out /tmp/pmd --sample-bytes 8193 \
         --val-fraction 0.02 --no-progress 2>&1 | tail -1
     for drop in 0.0 0.1; do
         stamp "119M through launchers/pretrain.sh, model.attention_dropout=$drop, $STEPS steps"

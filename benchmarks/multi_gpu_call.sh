@@ -36,7 +36,7 @@ CACHE=/tmp/pmnet_compile_cache   # shared by all runs of the call: each graph co
 
 if [ ! -f /tmp/pmd/manifest.json ]; then
     stamp "shard $TEXT"
-    "$PY" tools/shard_dataset.py --input "$TEXT" --output /tmp/pmd --sample-bytes 8193 --val-fraction 0.02 \
+    "$PY" tools/shard_dataset.py "$TEXT" --out /tmp/pmd --sample-bytes 8193 --val-fraction 0.02 \
         --no-progress 2>&1 | tail -1
 fi
 common=(configs/pmnet_119m.yaml 'data.streams=[{local: /tmp/pmd, split: train}]' 'data.val_streams=[]'
@@ -90,7 +90,7 @@ elif [ "$PART" = tools ]; then
         checkpoint.interval=5 train.run_name=z3 > "$OUT/tools_z3.log" 2>&1
     echo "exit $?"; ls /tmp/runs/z3/tb
     stamp "convert, audit, evaluate"
-    "$PY" tools/convert_checkpoint.py interchange /tmp/runs/z3 /tmp/export 2>&1 | tail -2
+    "$PY" tools/convert_checkpoint.py interchange /tmp/runs/z3 --out /tmp/export 2>&1 | tail -2
     "$PY" tools/audit_checkpoint.py /tmp/runs/z3/checkpoints/step_00000005 2>&1 | tail -4
     "$PY" tools/eval_long_context.py /tmp/export --books "$TEXT" --max-bytes 65536 --dtype bf16 \
         --out "$OUT/eval_z3" 2>&1 | grep -v -i warn | tail -6

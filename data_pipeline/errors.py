@@ -9,3 +9,7 @@ class DataPipelineError(Exception):
     The CLI prints ``str(err)`` as a single line without a traceback, so the message must name
     the offending path or option and say what was expected.
     """
+
+
+class ShardVerifyError(DataPipelineError):
+    """A shard's bytes do not match its index.json (a failed check, not a bad argument)."""

@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from data_pipeline.errors import DataPipelineError
+from data_pipeline.errors import DataPipelineError, ShardVerifyError
 from data_pipeline.manifest import (
     MANIFEST_NAME,
     TOOL_NAME,
@@ -48,7 +48,7 @@ from data_pipeline.sources import check_input, expand_inputs
 from data_pipeline.verify import verify_shards
 from data_pipeline.writer import SPLITS, WorkUnit, discard_unit, merge_split_index, plan_units, process_unit
 
-__all__ = ["ShardJob", "run_sharding", "staging_dir"]
+__all__ = ["ShardJob", "run_sharding", "staging_dir", "verify_output"]
 
 _PROGRESS_EVERY_BYTES = 1 << 20
 _LOCK_WAIT_S = 10.0  # a killed run's workers may need a moment to die and release the lock
@@ -93,7 +93,7 @@ def run_sharding(job: ShardJob) -> dict[str, Any]:
     own = (out, staging_dir(out))
     inputs = [p for p in inputs if not any(p == o or o in p.parents for o in own) and not _is_old_copy(p, out)]
     if not inputs:
-        raise DataPipelineError(f"--input {' '.join(job.inputs)}: no input left outside the output directory")
+        raise DataPipelineError(f"INPUT {' '.join(job.inputs)}: no input left outside the output directory")
     for path in inputs:
         check_input(path)
     state = {"settings": settings.to_dict(), "inputs": [input_identity(p) for p in inputs]}
@@ -108,30 +108,48 @@ def run_sharding(job: ShardJob) -> dict[str, Any]:
         return _run_locked(job, inputs, out, state)
 
 
+def lock_path(out: Path) -> Path:
+    """The lock file of a run writing ``out`` (a hidden sibling, present only while a run holds it)."""
+    return out.parent / f".{out.name}.lock"
+
+
 @contextlib.contextmanager
 def _exclusive(out: Path):  # type: ignore[no-untyped-def]
-    """One run per output at a time: an flock on the sibling ``.OUT.lock`` (never deleted).
+    """One run per output at a time: an flock on the sibling ``.OUT.lock``, removed on release.
 
-    The kernel drops it when the holder dies, so a crashed run never blocks the next one.
+    The kernel drops the flock when the holder dies, so a crashed run never blocks the next one
+    (its lock file stays until the next run of the same output ends). Removing the file on
+    release is safe because a run that got the flock checks that the path still names the file
+    it locked (another run may have removed it meanwhile) and otherwise starts over.
     """
-    lock_path = out.parent / f".{out.name}.lock"
+    path = lock_path(out)
+    deadline = time.monotonic() + _LOCK_WAIT_S
+    while True:
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise DataPipelineError(f"--out {out}: cannot write ({err.strerror or err})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            if time.monotonic() > deadline:
+                raise DataPipelineError(f"--out {out}: another shard_dataset run is writing it") from None
+            time.sleep(0.1)
+            continue
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the holder before us removed it: lock the new file
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as err:
-        raise DataPipelineError(f"--output {out}: cannot write ({err.strerror or err})") from None
-    try:
-        deadline = time.monotonic() + _LOCK_WAIT_S
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise DataPipelineError(f"--output {out}: another shard_dataset run is writing it") from None
-                time.sleep(0.1)
         yield
     finally:
+        with contextlib.suppress(OSError):
+            path.unlink()  # while still holding the flock: a waiter then sees a stale file and retries
         os.close(fd)
 
 
@@ -154,10 +172,10 @@ def _preflight(job: ShardJob, out: Path, state: dict[str, Any]) -> dict[str, Any
                     "use --overwrite to replace it"
                 )
         elif not out.is_dir():
-            raise DataPipelineError(f"--output {out}: exists and is not a directory")
+            raise DataPipelineError(f"--out {out}: exists and is not a directory")
         elif any(out.iterdir()):
             raise DataPipelineError(
-                f"--output {out}: a non-empty directory that is not a shard_dataset output (no {MANIFEST_NAME}); "
+                f"--out {out}: a non-empty directory that is not a shard_dataset output (no {MANIFEST_NAME}); "
                 "choose another path or empty it"
             )
     if staging.exists():
@@ -184,7 +202,7 @@ def _run_locked(job: ShardJob, inputs: list[Path], out: Path, state: dict[str, A
             (staging / sub).mkdir(parents=True, exist_ok=True)
         write_json_atomic(staging / "settings.json", state)
     except OSError as err:
-        raise DataPipelineError(f"--output {out}: cannot write ({err.strerror or err})") from None
+        raise DataPipelineError(f"--out {out}: cannot write ({err.strerror or err})") from None
 
     units = plan_units(inputs, settings.text_unit_bytes)
     stats = _run_units(units, settings, staging, job.workers, job.progress)
@@ -398,8 +416,20 @@ def _verify_or_raise(root: Path, verify: bool) -> None:
     problems = verify_shards(root)
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise DataPipelineError(f"verify: {problems[0]}{more}")
+        raise ShardVerifyError(f"verify: {problems[0]}{more}")
     _log(f"verify: all shard hashes match ({root})")
+
+
+def verify_output(output: str | os.PathLike[str]) -> dict[str, Any]:
+    """Re-hash every shard of a finished output against its index.json (no input needed); return
+    its manifest. Raises :class:`ShardVerifyError` naming the first bad file."""
+    out = Path(output)
+    if not (out / MANIFEST_NAME).is_file():
+        what = "does not exist" if not out.exists() else f"is not a shard_dataset output (no {MANIFEST_NAME})"
+        raise DataPipelineError(f"--out {out}: {what}")
+    manifest = read_json(out / MANIFEST_NAME)
+    _verify_or_raise(out, True)
+    return manifest
 
 
 def _publish(staging: Path, out: Path) -> None:

@@ -98,7 +98,7 @@ def expand_inputs(specs: list[str]) -> list[Path]:
     A directory contributes only supported files; a file named explicitly must be supported.
     """
     if not specs:
-        raise DataPipelineError("--input: give at least one file, directory or glob")
+        raise DataPipelineError("INPUT: give at least one file, directory or glob")
     found: list[Path] = []
     for spec in specs:
         if glob.has_magic(spec):

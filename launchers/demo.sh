@@ -23,7 +23,7 @@ echo "== 1/3 shard the shipped sample text into $DATA"
 if [[ -f "$DATA/manifest.json" && -f "$DATA/train/index.json" && -f "$DATA/val/index.json" ]]; then
     echo "already sharded ($DATA/manifest.json); delete $DATA to redo"
 else
-    "$PY" tools/shard_dataset.py --input data_pipeline/samples --output "$DATA" \
+    "$PY" tools/shard_dataset.py data_pipeline/samples --out "$DATA" \
         --sample-bytes 513 --val-fraction 0.09 --no-progress
 fi
 

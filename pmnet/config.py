@@ -126,8 +126,6 @@ class TrainConfig:
         "so a resumed run skips most compilation. null: <run_dir>/compile_cache; '': torch's default "
         "(/tmp/torchinductor_<user>, lost with the machine); a TORCHINDUCTOR_CACHE_DIR set by the user wins over null."
     )
-    inject_nan_at_steps: list[int] = field(default_factory=list)
-    "Test hook: make the last rank's loss NaN at these optimizer steps (1-based; every rank must then skip)."
     stop_at_step: int = 0
     "Stop with a checkpoint once this optimizer step is done, as if interrupted (schedule still spans max_steps; 0 = off)."
 
@@ -244,6 +242,11 @@ class Config:
     "Validation during training."
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     "DeepSpeed engine."
+
+    def tbptt_chunk_bytes(self) -> int:
+        """Bytes per truncated-BPTT chunk: ``(data.sample_bytes - 1) // train.tbptt_chunks``
+        (:func:`validate_config` checks that it divides)."""
+        return (self.data.sample_bytes - 1) // self.train.tbptt_chunks
 
 
 def config_from_dict(data: dict[str, Any], overrides: list[str] | None = None) -> Config:

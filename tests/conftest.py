@@ -80,7 +80,7 @@ def shared_data() -> Path:
 def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The shipped sample text sharded once per session with the data tool (train/ and val/ MDS)."""
     out = tmp_path_factory.mktemp("shards") / "demo"
-    cmd = [sys.executable, "tools/shard_dataset.py", "--input", "data_pipeline/samples", "--output", str(out),
+    cmd = [sys.executable, "tools/shard_dataset.py", "data_pipeline/samples", "--out", str(out),
            "--sample-bytes", str(TINY_SAMPLE_BYTES), "--val-fraction", "0.09", "--no-progress"]  # fmt: skip
     subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, timeout=900)
     return out

@@ -11,7 +11,8 @@ shapes and parameter count against the saved config, optimizer / scheduler / tra
 agreement, dataloader position vs bytes seen. Prints a summary table (step, bytes seen, loss,
 parameter norms per family). --compare: config differences and per-tensor relative L2
 difference (A and B may be checkpoints or interchange directories). Exit status 0 when every
-check passes, 1 otherwise, 2 on a usage error.
+check passes, 1 when a check failed, 2 when CKPT cannot be read at all (missing, not a
+checkpoint) or on a usage error.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pmnet.cli import EXIT_CHECK_FAILED, EXIT_OK, EXIT_USAGE
 
 
 def _pick(path: str) -> Path:
@@ -57,7 +60,9 @@ def _print_audit(rep: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="audit_checkpoint.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])  # fmt: skip
-    p.add_argument("ckpt", nargs="?", help="checkpoint directory to audit")
+    p.add_argument(
+        "ckpt", metavar="CKPT", nargs="?", help="checkpoint directory (or run directory: its newest) to audit"
+    )
     p.add_argument("--compare", nargs=2, metavar=("A", "B"), help="compare two checkpoints / interchange directories")
     p.add_argument("--top", type=int, default=10, help="--compare: print the N most different tensors (default 10)")
     p.add_argument("--no-hashes", action="store_true", help="skip sha256 verification")
@@ -97,13 +102,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             print(json.dumps({"ok": False, "error": str(err)}))
         print(f"audit_checkpoint.py: error: {err}", file=sys.stderr)
-        return 1
+        return EXIT_USAGE
     d = rep.to_dict()
     if args.json:
         print(json.dumps(d, indent=1, default=str))
     else:
         _print_audit(d)
-    return 0 if rep.ok else 1
+    return EXIT_OK if rep.ok else EXIT_CHECK_FAILED
 
 
 if __name__ == "__main__":

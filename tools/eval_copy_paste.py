@@ -65,8 +65,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from pmnet.eval import copy_paste as cp
     from pmnet.eval.loading import EvalError, load_model, pick_device
-    from pmnet.eval.long_context import format_table
-    from pmnet.eval.plotting import plot_copy_paste
 
     edges = cp.parse_edges(args.edges)
     if not args.ckpts and not args.merge:
@@ -113,30 +111,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         results += res
         del model
     results = merged + results
-    labels = list(dict.fromkeys(r.label for r in results))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / args.name
-    cp.write_csv(f"{stem}.csv", results)
-    series = []
-    for label in labels:
-        rs = [r for r in results if r.label == label]
-        series.append((label, [r.hi for r in rs], [r.exact_match for r in rs], [r.byte_accuracy for r in rs]))
     rf = args.receptive_field or (receptive_fields.pop() if len(receptive_fields) == 1 else None)
-    plot_copy_paste(f"{stem}.png", series, receptive_field=rf)
-    header, rows = cp.table_rows(results)
-    text = format_table(header, rows)
-    counts = sorted({r.samples for r in results})
-    per_bucket = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
     csvs = ", ".join(f"{Path(m).parent.name}/{Path(m).name}" for m in args.merge)  # copy_paste.csv alone says little
     source = f"seed {args.seed}" if args.ckpts else f"merged from {csvs}"
-    note = f"{per_bucket} samples per bucket, {source}; exact = all N bytes right under greedy decoding"
-    if rf:
-        note += f"; attention alone reaches {rf} bytes (N <= {rf // 2})"
-    Path(f"{stem}.md").write_text(text + "\n\n" + note + "\n", encoding="utf-8")
+    text, written = cp.write_report(args.out, args.name, results, receptive_field=rf, source=source)
     print(text)
-    print(note)
-    print(f"wrote {stem}.csv, {stem}.png, {stem}.md", file=sys.stderr)
+    print("wrote " + ", ".join(map(str, written)), file=sys.stderr)
     return 0
 
 

@@ -15,10 +15,8 @@ CKPT is an interchange directory (config.json + model.safetensors) or a training
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from pmnet.eval.cli import add_model_args, run_cli
 
@@ -70,7 +68,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from pmnet.eval import long_context as lc
     from pmnet.eval.loading import ABLATIONS, EvalError, load_model, pick_device
-    from pmnet.eval.plotting import plot_bpb_curves, plot_cumulative_diff
 
     for abl in args.compare:
         if abl not in ABLATIONS:
@@ -105,57 +102,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     others = [lc.evaluate_named_ablation(model, cfg, books, name, **common) for name in args.compare]
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / args.name
-    lc.write_curve_csv(f"{stem}.csv", base, args.window)
-    runs = [base, *others]
-    plot_bpb_curves(
-        f"{stem}.png",
-        [(r.label, r.bpb, lc.moving_average(r.bpb, args.window)) for r in runs],
-        title=f"BPB vs position ({len(books)} books, chunks of {args.chunk_bytes:,} B)",
+    text, written = lc.write_report(
+        args.out,
+        args.name,
+        base,
+        others,
+        checkpoint=str(args.ckpt),
+        max_bytes=args.max_bytes,
+        chunk_bytes=args.chunk_bytes,
         window=args.window,
+        notes=notes,
     )
-    header = ["positions (bytes)"] + [f"{r.label} BPB" for r in runs]
-    table = lc.format_table(header, lc.summary_rows(runs))
-    mem = lc.memory_lines(base)
-    speed = f"throughput: {base.bytes_per_second:,.0f} bytes/s ({base.seconds:.1f} s for {base.label})"
-    lines = [table, "", *mem, speed, f"books: {', '.join(base.books)}", *(f"note: {n}" for n in notes)]
-    if others:
-        lc.write_diff_csv(f"{stem}_diff.csv", base, others)
-        diffs = [(o.label, lc.cumulative_diff(base, o)) for o in others]
-        plot_cumulative_diff(
-            f"{stem}_diff.png", diffs, title=f"Cumulative BPB difference vs {base.label} ({len(books)} books)"
-        )
-        diff_rows = [[lab, f"{cum[-1]:.2f}", f"{cum[-1] / len(cum):+.4f}"] for lab, cum in diffs]
-        lines += ["", lc.format_table(["ablation", "cumulative extra bits", "mean BPB change"], diff_rows)]
-    text = "\n".join(lines)
-    Path(f"{stem}_summary.md").write_text(text + "\n", encoding="utf-8")
-    rows = lc.summary_rows(runs)
-    summary = {
-        "checkpoint": str(args.ckpt),
-        "max_bytes": args.max_bytes,
-        "chunk_bytes": args.chunk_bytes,
-        "books": base.books,
-        "skipped": notes,
-        "runs": {
-            r.label: {
-                "mean_bpb": r.mean_bpb,
-                "ranges": {row[0]: float(row[1 + i]) for row in rows[:-1]},
-                "seconds": r.seconds,
-                "bytes_per_second": r.bytes_per_second,
-                "peak_memory_bytes": {str(k): v for k, v in r.peak_memory.items()},
-                "memory_kind": r.memory_kind,
-            }
-            for i, r in enumerate(runs)
-        },
-    }
-    Path(f"{stem}.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     print(text)
-    written = [f"{stem}.csv", f"{stem}.png", f"{stem}_summary.md", f"{stem}.json"]
-    if others:
-        written += [f"{stem}_diff.csv", f"{stem}_diff.png"]
-    print("wrote " + ", ".join(written), file=sys.stderr)
+    print("wrote " + ", ".join(map(str, written)), file=sys.stderr)
     return 0
 
 

@@ -9,7 +9,8 @@ checked even with --no-hashes (only tensor metadata is read: milliseconds).
   python tools/resume.py RUN_DIR [--check-only] [--no-hashes] [--json]
 
 Exit status: 0 when a valid checkpoint exists (latest now points at it, or would with
---check-only), 1 when none is valid or RUN_DIR is unusable, 2 on a usage error.
+--check-only), 1 when none is valid, 2 when RUN_DIR is unusable (missing, not a run) or on a
+usage error.
 """
 
 from __future__ import annotations
@@ -21,11 +22,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pmnet.cli import EXIT_CHECK_FAILED, EXIT_OK, EXIT_USAGE
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="resume.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("run_dir", help="run directory (holding checkpoints/) or its checkpoints/ directory")
+    p.add_argument(
+        "run_dir", metavar="RUN_DIR", help="run directory (holding checkpoints/) or its checkpoints/ directory"
+    )
     p.add_argument("--check-only", action="store_true", help="report only; change nothing (latest stays as it is)")
     p.add_argument("--no-hashes", action="store_true", help="check sizes only, skip sha256 (fast, weaker)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -39,11 +44,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             print(json.dumps({"ok": False, "error": str(err)}))
         print(f"resume.py: error: {err}", file=sys.stderr)
-        return 1
+        return EXIT_USAGE
     ok = rep["newest_valid"] is not None
     if args.json:
         print(json.dumps({"ok": ok, **rep}, indent=1))
-        return 0 if ok else 1
+        return EXIT_OK if ok else EXIT_CHECK_FAILED
     rows = rep["checkpoints"]
     if not rows:
         print(f"{args.run_dir}: no checkpoints")
@@ -56,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{mark:2}{r['name']:<{w}}  {step:>8}  {r['state']:<10}  {r['reason']}")
     if not ok:
         print("no valid checkpoint: the run would start from scratch", file=sys.stderr)
-        return 1
+        return EXIT_CHECK_FAILED
     newest = Path(rep["newest_valid"]).name
     if rep["latest_ok"]:
         print(f"latest -> {newest} (already correct)")
@@ -65,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"latest names {rep['latest_before'] or 'nothing'}; would point it at {newest} (--check-only: unchanged)")
     print(f"resume with:\n  {rep['command']}")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -1,11 +1,16 @@
 """Shard text corpora into byte-level MDS samples for PMNet training (a thin CLI).
 
-    python tools/shard_dataset.py --input ../shared/data/web --output data/shards --workers 2
+    python tools/shard_dataset.py INPUT [INPUT ...] --out DIR [--workers 2]
+    python tools/shard_dataset.py --out DIR --verify        (re-hash an existing output)
 
 Reads FineWeb-Edu parquet, jsonl / jsonl.gz / jsonl.zst (``text`` field) and plain text files
-(.txt, .txt.gz: one document per file); writes OUT/train, OUT/val (mosaicml-streaming MDS,
-zstd, hashed) and OUT/manifest.json. Rerun the same command after a crash or Ctrl-C to resume.
+(.txt, .txt.gz: one document per file); writes DIR/train, DIR/val (mosaicml-streaming MDS,
+zstd, hashed) and DIR/manifest.json. Rerun the same command after a crash or Ctrl-C to resume.
 All the work is in ``data_pipeline`` (sharding.py, writer.py, sources.py, packing.py).
+
+Exit status: 0 done (or up to date), 1 --verify found a shard that does not match its index,
+2 a bad option or input (one ``error:`` line; nothing written), 130 interrupted.
+(``--input PATH ...`` and ``--output DIR``, the older spellings, still work.)
 """
 
 from __future__ import annotations
@@ -16,15 +21,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
 
-from data_pipeline.errors import DataPipelineError
+from data_pipeline.errors import DataPipelineError, ShardVerifyError
 from data_pipeline.manifest import ShardSettings
+from pmnet.cli import EXIT_CHECK_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, add_alias
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         # One line, exit 2, like every other refusal of this tool.
         print(f"shard_dataset: error: {message}", file=sys.stderr)
-        raise SystemExit(2)
+        raise SystemExit(EXIT_USAGE)
 
 
 def _size(text: str) -> int:
@@ -40,8 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     """The command-line interface (also used by the tests)."""
     d = ShardSettings()
     p = _Parser(prog="shard_dataset.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input", nargs="+", required=True, metavar="PATH", help="files, directories or globs")
-    p.add_argument("--output", required=True, metavar="DIR", help="output directory (train/, val/, manifest.json)")
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="files, directories or globs (none: --verify only)")
+    p.add_argument("--out", metavar="DIR", help="output directory (train/, val/, manifest.json); required")
+    add_alias(p, "--input", "INPUT (positional)", dest="old_inputs", nargs="+")
+    add_alias(p, "--output", "--out", dest="out")
     p.add_argument("--workers", type=int, default=1, help="worker processes, parallel over inputs (default 1)")
     p.add_argument(
         "--sample-bytes",
@@ -84,15 +92,36 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"shard hashes recorded in index.json, comma-separated, sorted (default {','.join(d.hashes)})",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an output written with other settings")
-    p.add_argument("--verify", action="store_true", help="re-hash every shard against index.json at the end")
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="re-hash every shard against index.json at the end; without INPUT: of the existing output DIR",
+    )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse, run, and turn every user-facing problem into one line on stderr (exit 2)."""
-    args = build_parser().parse_args(argv)
-    from data_pipeline.sharding import ShardJob, run_sharding
+    """Parse, run, and turn every user-facing problem into one line on stderr (exit 2; 1 for --verify)."""
+    p = build_parser()
+    args = p.parse_intermixed_args(argv)  # INPUTs may come before, between or after the options
+    inputs = [*args.inputs, *getattr(args, "old_inputs", [])]
+    if args.out is None:
+        p.error("the output directory is required (--out DIR)")
+    from data_pipeline.sharding import ShardJob, run_sharding, verify_output
+
+    if not inputs:
+        if not args.verify:
+            p.error("give INPUT files, directories or globs (or --verify alone to check an existing --out)")
+        try:
+            verify_output(args.out)
+        except ShardVerifyError as err:
+            print(f"shard_dataset: error: {err}", file=sys.stderr)
+            return EXIT_CHECK_FAILED
+        except DataPipelineError as err:
+            print(f"shard_dataset: error: {err}", file=sys.stderr)
+            return EXIT_USAGE
+        return EXIT_OK
 
     settings = ShardSettings(
         sample_bytes=args.sample_bytes,
@@ -106,8 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         hashes=tuple(h.strip() for h in args.hashes.split(",") if h.strip()),
     )
     job = ShardJob(
-        inputs=args.input,
-        output=args.output,
+        inputs=inputs,
+        output=args.out,
         settings=settings,
         workers=args.workers,
         overwrite=args.overwrite,
@@ -116,13 +145,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         run_sharding(job)
+    except ShardVerifyError as err:
+        print(f"shard_dataset: error: {err}", file=sys.stderr)
+        return EXIT_CHECK_FAILED
     except DataPipelineError as err:
         print(f"shard_dataset: error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("shard_dataset: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
-    return 0
+        return EXIT_INTERRUPTED
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -22,11 +22,13 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from pmnet.checkpoint.manifest import (
     CONFIG,
@@ -350,7 +352,9 @@ def _encode(arr: np.ndarray, out_dtype: str) -> np.ndarray:
     return arr
 
 
-def _write_shard(path: Path, tensors: list[Planned], files: list[PtFile], dtype: str) -> int:
+def _write_shard(
+    path: Path, tensors: list[Planned], files: list[PtFile], dtype: str, on_bytes: Callable[[int], Any] | None = None
+) -> int:
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     off = 0
     for t in tensors:
@@ -366,6 +370,8 @@ def _write_shard(path: Path, tensors: list[Planned], files: list[PtFile], dtype:
         for t in tensors:
             data = _encode(_materialize(t, files), _out_dtype(t, dtype))
             f.write(memoryview(np.ascontiguousarray(data)).cast("B"))
+            if on_bytes is not None:
+                on_bytes(data.nbytes)
             del data
         f.flush()
         os.fsync(f.fileno())
@@ -430,6 +436,7 @@ def convert_to_interchange(
     force: bool = False,
     config_path: str | Path | None = None,
     allow_unverified: bool = False,
+    progress: bool = False,
 ) -> ConvertResult:
     """Write ``config.json`` + safetensors (interchange format) for a DeepSpeed checkpoint (streaming).
 
@@ -437,6 +444,7 @@ def convert_to_interchange(
     an unverifiable checkpoint (no manifest, e.g. a bare DeepSpeed directory, or a mismatch)
     is refused unless ``allow_unverified``, which then adds a note to the result. Pickles are
     read by the restricted unpickler in any case (no flag makes a checkpoint run code).
+    ``progress`` shows a bar of the bytes written on a terminal (tqdm, on stderr).
     """
     dt = {"fp32": "F32", "float32": "F32", "bf16": "BF16", "bfloat16": "BF16"}.get(dtype.lower())
     if dt is None:
@@ -479,9 +487,12 @@ def convert_to_interchange(
             f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))
         ]  # fmt: skip
         total = 0
+        todo = sum(t.numel * _itemsize(_out_dtype(t, dt)) for t in plan)
+        bar = tqdm(total=todo, unit="B", unit_scale=True, unit_divisor=1024, desc="convert", file=sys.stderr,
+                   disable=None if progress else True)  # fmt: skip
         try:
             for name, shard in zip(names, shards):
-                total += _write_shard(tmp / name, shard, files, dt)
+                total += _write_shard(tmp / name, shard, files, dt, bar.update)
             if len(shards) > 1:
                 index = {"metadata": {"total_size": total},
                          "weight_map": {t.name: n for n, s in zip(names, shards) for t in s}}  # fmt: skip
@@ -494,6 +505,8 @@ def convert_to_interchange(
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        finally:
+            bar.close()
     finally:
         for f in files:
             f.close()

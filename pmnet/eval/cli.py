@@ -1,8 +1,10 @@
 """Shared plumbing of the evaluation CLIs: common flags and one-line errors.
 
 Every tool's ``main`` runs inside :func:`run_cli`: a problem is printed as one
-``error: ...`` line on stderr with exit status 1 (argparse usage errors exit 2). Set
-``PMNET_DEBUG=1`` to get the full traceback instead.
+``error: ...`` line on stderr. Exit status (``pmnet.cli``): 2 for a bad argument or input (a
+missing or unloadable checkpoint, a bad option value: what argparse's usage errors exit with),
+1 for anything unexpected (the line says so). Set ``PMNET_DEBUG=1`` to get the full traceback
+instead.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+
+from pmnet.cli import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -38,17 +42,24 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
-    """Run ``main(argv)``; turn any exception into one ``error:`` line and exit status 1."""
+    """Run ``main(argv)``; turn any exception into one ``error:`` line: exit status 2 for a user
+    error (:class:`~pmnet.eval.loading.EvalError`, ``ValueError`` such as a checkpoint or config
+    refusal, ``OSError``), 1 for anything else."""
     try:
         return main(argv)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except SystemExit:
         raise
     except Exception as err:
         if os.environ.get("PMNET_DEBUG"):
             raise
+        from pmnet.eval.loading import EvalError
+
         msg = " ".join(str(err).split()) or type(err).__name__
-        print(f"error: {msg}", file=sys.stderr)
-        return 1
+        if isinstance(err, (EvalError, ValueError, OSError)):
+            print(f"error: {msg}", file=sys.stderr)
+            return EXIT_USAGE
+        print(f"error: {msg} (unexpected {type(err).__name__}; PMNET_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return EXIT_INTERNAL

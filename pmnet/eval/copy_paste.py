@@ -22,6 +22,8 @@ import torch
 
 from data_pipeline.copy_paste import eval_batch, sample_length
 from pmnet.eval.loading import EvalError
+from pmnet.eval.long_context import format_table
+from pmnet.eval.plotting import plot_copy_paste
 
 __all__ = [
     "BucketResult",
@@ -32,6 +34,7 @@ __all__ = [
     "read_csv",
     "table_rows",
     "write_csv",
+    "write_report",
 ]
 
 DEFAULT_EDGES = (0, 128, 256, 384, 512, 640, 768, 896, 1024, 1280, 1536, 2048)
@@ -193,3 +196,34 @@ def table_rows(results: Sequence[BucketResult]) -> tuple[list[str], list[list[st
             cells.append(f"{100 * r.exact_match:5.1f} / {100 * r.byte_accuracy:5.1f}" if r else "-")
         rows.append(cells)
     return header, rows
+
+
+def write_report(
+    out_dir: str | Path,
+    name: str,
+    results: Sequence[BucketResult],
+    *,
+    receptive_field: int | None,
+    source: str,
+) -> tuple[str, list[Path]]:
+    """Write ``<name>.csv``, ``<name>.png`` (one line per model) and ``<name>.md`` (the table and a
+    note) under ``out_dir``; return the printed text and the paths. ``source`` says where the
+    samples came from (``seed 1234``, ``merged from ...``) for the note."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / name
+    write_csv(f"{stem}.csv", results)
+    series = []
+    for label in dict.fromkeys(r.label for r in results):
+        rs = [r for r in results if r.label == label]
+        series.append((label, [r.hi for r in rs], [r.exact_match for r in rs], [r.byte_accuracy for r in rs]))
+    plot_copy_paste(f"{stem}.png", series, receptive_field=receptive_field)
+    header, rows = table_rows(results)
+    counts = sorted({r.samples for r in results})
+    per_bucket = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+    note = f"{per_bucket} samples per bucket, {source}; exact = all N bytes right under greedy decoding"
+    if receptive_field:
+        note += f"; attention alone reaches {receptive_field} bytes (N <= {receptive_field // 2})"
+    text = format_table(header, rows) + "\n\n" + note
+    Path(f"{stem}.md").write_text(text + "\n", encoding="utf-8")
+    return text, [Path(f"{stem}.csv"), Path(f"{stem}.png"), Path(f"{stem}.md")]

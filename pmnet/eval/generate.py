@@ -24,7 +24,7 @@ def generate(
     model: torch.nn.Module,
     prompt: bytes,
     *,
-    max_bytes: int = 256,
+    new_bytes: int = 256,
     temperature: float = 0.8,
     top_k: int = 0,
     seed: int = 0,
@@ -34,7 +34,7 @@ def generate(
     on_bytes: Callable[[bytes], None] | None = None,
     until: Sequence[bytes] = (),
 ) -> bytes:
-    """Sample up to ``max_bytes`` bytes after ``prompt``; returns them (EOS not included).
+    """Sample up to ``new_bytes`` bytes after ``prompt``; returns them (EOS not included).
 
     ``temperature`` 0 is greedy; ``top_k`` 0 keeps every byte. ``on_bytes`` is called with
     each new byte as it is produced (for streaming output). Generation also stops as soon as
@@ -57,7 +57,7 @@ def generate(
     assert logits is not None
     last = logits[0, -1]
     out = bytearray()
-    for _ in range(max_bytes):
+    for _ in range(new_bytes):
         scores = last.float()[:256].clone()
         scores[PAD] = float("-inf")
         scores[BOS] = float("-inf")

@@ -166,9 +166,9 @@ class PMNetLM(LM):
             until = [until] if isinstance(until, str) else list(until)
             sample = _as_bool(kw.pop("do_sample", False))
             temperature = float(kw.pop("temperature", 1.0 if sample else 0.0)) if sample else 0.0
-            max_bytes = int(kw.pop("max_gen_toks", self.max_gen_bytes))
+            new_bytes = int(kw.pop("max_gen_toks", self.max_gen_bytes))
             data = generate(
-                self.model, context.encode("utf-8"), max_bytes=max_bytes, temperature=temperature,
+                self.model, context.encode("utf-8"), new_bytes=new_bytes, temperature=temperature,
                 top_k=int(kw.pop("top_k", 0) or 0), seed=int(kw.pop("seed", 0) or 0),
                 prompt_chunk_bytes=self.chunk_bytes, until=[u.encode("utf-8") for u in until],
             )  # fmt: skip
@@ -180,7 +180,7 @@ class PMNetLM(LM):
 
 def main(argv: list[str] | None = None) -> int:
     """``lm_eval``'s command line with the ``pmnet`` model registered; a checkpoint or model_args
-    problem is one ``error:`` line and exit status 1 (``PMNET_DEBUG=1``: the traceback)."""
+    problem is one ``error:`` line and exit status 2 (``PMNET_DEBUG=1``: the traceback)."""
     from lm_eval.__main__ import cli_evaluate
 
     def run(args: Any) -> int:

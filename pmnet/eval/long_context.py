@@ -13,6 +13,7 @@ the p - 1 bytes before it.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import resource
 import time
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from pmnet.eval.loading import EvalError, ablation_changes, make_variant
+from pmnet.eval.plotting import plot_bpb_curves, plot_cumulative_diff
 
 __all__ = [
     "Book",
@@ -38,6 +40,7 @@ __all__ = [
     "summary_rows",
     "format_table",
     "write_curve_csv",
+    "write_report",
     "write_diff_csv",
     "MEMORY_MARKS",
 ]
@@ -339,3 +342,73 @@ def write_diff_csv(path: str | Path, base: LongContextResult, others: Sequence[L
         w.writerow(["position"] + [f"cum_bpb_diff_{o.label}" for o in others])
         for i in range(len(base.nll_sum)):
             w.writerow([i + 1] + [f"{c[i]:.6f}" for c in cols])
+
+
+def write_report(
+    out_dir: str | Path,
+    name: str,
+    base: LongContextResult,
+    others: Sequence[LongContextResult] = (),
+    *,
+    checkpoint: str,
+    max_bytes: int,
+    chunk_bytes: int,
+    window: int,
+    notes: Sequence[str] = (),
+) -> tuple[str, list[Path]]:
+    """Write the evaluation's files under ``out_dir`` (stem ``name``); return the summary text and the paths.
+
+    ``<name>.csv`` (position, BPB, moving average of ``base``), ``<name>.png`` (every run, log x),
+    ``<name>_summary.md`` (mean BPB over position ranges, peak memory, throughput: the text
+    returned) and ``<name>.json``; with ``others`` (ablations of the same books) also
+    ``<name>_diff.csv`` / ``<name>_diff.png``: the cumulative BPB difference of each against ``base``.
+    """
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / name
+    n_books = len(base.books)
+    write_curve_csv(f"{stem}.csv", base, window)
+    runs = [base, *others]
+    plot_bpb_curves(
+        f"{stem}.png",
+        [(r.label, r.bpb, moving_average(r.bpb, window)) for r in runs],
+        title=f"BPB vs position ({n_books} books, chunks of {chunk_bytes:,} B)",
+        window=window,
+    )
+    rows = summary_rows(runs)
+    table = format_table(["positions (bytes)"] + [f"{r.label} BPB" for r in runs], rows)
+    speed = f"throughput: {base.bytes_per_second:,.0f} bytes/s ({base.seconds:.1f} s for {base.label})"
+    lines = [table, "", *memory_lines(base), speed, f"books: {', '.join(base.books)}", *(f"note: {n}" for n in notes)]
+    written = [Path(f"{stem}.csv"), Path(f"{stem}.png"), Path(f"{stem}_summary.md"), Path(f"{stem}.json")]
+    if others:
+        write_diff_csv(f"{stem}_diff.csv", base, others)
+        diffs = [(o.label, cumulative_diff(base, o)) for o in others]
+        plot_cumulative_diff(
+            f"{stem}_diff.png", diffs, title=f"Cumulative BPB difference vs {base.label} ({n_books} books)"
+        )
+        diff_rows = [[lab, f"{cum[-1]:.2f}", f"{cum[-1] / len(cum):+.4f}"] for lab, cum in diffs]
+        lines += ["", format_table(["ablation", "cumulative extra bits", "mean BPB change"], diff_rows)]
+        written += [Path(f"{stem}_diff.csv"), Path(f"{stem}_diff.png")]
+    text = "\n".join(lines)
+    Path(f"{stem}_summary.md").write_text(text + "\n", encoding="utf-8")
+    summary = {
+        "checkpoint": checkpoint,
+        "max_bytes": max_bytes,
+        "chunk_bytes": chunk_bytes,
+        "books": base.books,
+        "skipped": list(notes),
+        "runs": {
+            r.label: {
+                "mean_bpb": r.mean_bpb,
+                "ranges": {row[0]: float(row[1 + i]) for row in rows[:-1]},
+                "seconds": r.seconds,
+                "bytes_per_second": r.bytes_per_second,
+                "peak_memory_bytes": {str(k): v for k, v in r.peak_memory.items()},
+                "memory_kind": r.memory_kind,
+            }
+            for i, r in enumerate(runs)
+        },
+    }
+    Path(f"{stem}.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return text, written

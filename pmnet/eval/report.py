@@ -66,11 +66,11 @@ def run_report(run_dir: str | Path, books_dir: str | Path, out: str | Path, *, m
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: the run report PNG; prints its path."""
     p = argparse.ArgumentParser(prog="python -m pmnet.eval.report", description=__doc__.split("\n")[0])
-    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="run directory (tb/ and checkpoints/)")
     p.add_argument("--books", required=True, help="directory of *.txt books (the first long enough is used)")
     p.add_argument("--max-bytes", type=int, default=16384, help="bytes of the book scored (default: 16384)")
     p.add_argument("--chunk-bytes", type=int, default=4096, help="bytes per forward, state carried (default: 4096)")
-    p.add_argument("--out", default=None, help="PNG path (default: RUN_DIR/report.png)")
+    p.add_argument("--out", default=None, metavar="PNG", help="PNG path (default: RUN_DIR/report.png)")
     args = p.parse_args(argv)
     out = Path(args.out) if args.out else Path(args.run_dir) / "report.png"
     got = run_report(args.run_dir, args.books, out, max_bytes=args.max_bytes, chunk_bytes=args.chunk_bytes)

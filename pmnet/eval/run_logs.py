@@ -100,9 +100,9 @@ def summarise(runs: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], out_dir
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: curves and grad-norm table of one or more run directories."""
     p = argparse.ArgumentParser(prog="python -m pmnet.eval.run_logs", description=__doc__.split("\n")[0])
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
-    p.add_argument("--labels", nargs="+", default=None)
-    p.add_argument("--out", required=True)
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (each with tb/)")
+    p.add_argument("--labels", nargs="+", default=None, help="one name per RUN_DIR (default: directory names)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory (train_curves.csv/.png/.md)")
     args = p.parse_args(argv)
     labels = args.labels or [Path(r).name for r in args.runs]
     if len(labels) != len(args.runs):

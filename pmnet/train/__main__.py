@@ -16,9 +16,13 @@ import json
 import os
 import sys
 import warnings
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from pmnet.config import Config, ConfigError, dump_config, load_config
+
+if TYPE_CHECKING:
+    from pmnet.train.loop import Hook
 
 USAGE = (
     "python -m pmnet.train CONFIG [section.key=value ...] [--allow-change FIELD[,FIELD]] "
@@ -64,7 +68,7 @@ def dry_run(cfg: Config, world_size: int, preflight_notes: list[str] | None = No
     from pmnet.train.engine import accumulation_steps, deepspeed_config
 
     t = cfg.train
-    chunk = (cfg.data.sample_bytes - 1) // t.tbptt_chunks
+    chunk = cfg.tbptt_chunk_bytes()
     lines = [
         "# resolved config",
         dump_config(cfg).rstrip(),
@@ -86,8 +90,9 @@ def dry_run(cfg: Config, world_size: int, preflight_notes: list[str] | None = No
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit code."""
+def main(argv: list[str] | None = None, extra_hooks: Sequence[Hook] = ()) -> int:
+    """Entry point; returns the exit code. ``extra_hooks`` go to :func:`~pmnet.train.trainer.train`
+    (a wrapper's seam: ``tests/fault_train.py`` injects faults so)."""
     # DeepSpeed 0.19 calls collectives torch 2.14 deprecates: one FutureWarning per call site and rank
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
     args = _parse(list(sys.argv[1:] if argv is None else argv))
@@ -130,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         env = _setup_distributed(cfg)
         if env is None:
             return PORT_IN_USE
-        code = train(cfg, env)
+        code = train(cfg, env, extra_hooks=extra_hooks)
     except user_errors as err:
         if env is None or env.is_main:
             print(f"error: {err}", file=sys.stderr)

@@ -1,15 +1,13 @@
 """Side concerns of the loop as hooks: metrics (TensorBoard + console), validation BPB, checkpoints.
 
-Each hook gets ``on_train_start``, ``on_step_end`` and ``on_train_end``; the loop body does
-not know about any of them. Collective work (eval forwards, checkpoint writes) runs on every
+Each is a :class:`~pmnet.train.loop.Hook` (``on_train_start``, ``on_step_start``, ``on_step_end``,
+``on_train_end``; no-ops unless overridden); the loop body does not know about any of them. Collective work (eval forwards, checkpoint writes) runs on every
 rank at the same step; only rank 0 writes TensorBoard and the console.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,7 @@ import torch.nn.functional as F
 
 from pmnet.config import Config, dump_config
 from pmnet.train.distributed import DistEnv, all_reduce_sum
-from pmnet.train.loop import StepStats, Trainer
+from pmnet.train.loop import Hook, StepStats, Trainer
 from pmnet.train.metrics import LOG, MetricsWriter, format_duration, memory_scalars, progress_line
 
 __all__ = ["CheckpointHook", "EvalHook", "MetricsHook"]
@@ -45,13 +43,12 @@ def hyperparameters(cfg: Config, world_size: int) -> dict[str, Any]:
     }  # fmt: skip
 
 
-class MetricsHook:
+class MetricsHook(Hook):
     """Scalars to TensorBoard every ``log_interval`` steps and a progress line every ``console_interval``."""
 
     def __init__(self, cfg: Config, env: DistEnv, writer: MetricsWriter, peak_tflops: float | None) -> None:
         self.cfg, self.env, self.writer, self.peak = cfg, env, writer, peak_tflops
-        chunk = (cfg.data.sample_bytes - 1) // cfg.train.tbptt_chunks
-        self.flops_per_byte = cfg.model.flops_per_byte(chunk, training=True)
+        self.flops_per_byte = cfg.model.flops_per_byte(cfg.tbptt_chunk_bytes(), training=True)
         self._reset_window()
         self._skipped_logged = -1
 
@@ -143,7 +140,7 @@ class MetricsHook:
         self.writer.flush()
 
 
-class EvalHook:
+class EvalHook(Hook):
     """Validation BPB every ``eval.interval`` steps and at the end, on the same val batches each time."""
 
     def __init__(self, cfg: Config, env: DistEnv, writer: MetricsWriter, make_loader: Any) -> None:
@@ -209,7 +206,7 @@ class EvalHook:
             self._run(trainer)
 
 
-class CheckpointHook:
+class CheckpointHook(Hook):
     """Checkpoint every ``checkpoint.interval`` steps, at the end, on a signal and before a skip-stop."""
 
     def __init__(self, cfg: Config, env: DistEnv, run_dir: Path) -> None:
@@ -226,7 +223,6 @@ class CheckpointHook:
         step = trainer.state.step
         if step == self._saved_step:
             return
-        _arm_test_fault(trainer.engine, step, self.env.rank)
         t0 = time.perf_counter()
         c = self.cfg.checkpoint
         path = save_checkpoint(
@@ -250,20 +246,3 @@ class CheckpointHook:
     def on_train_end(self, trainer: Trainer, reason: str) -> None:
         if reason != "finished" or self.cfg.checkpoint.save_at_end:
             self.save(trainer)
-
-
-def _arm_test_fault(engine: Any, step: int, rank: int) -> None:
-    """Test hook ``PMNET_TEST_KILL_IN_CHECKPOINT=STEP:RANK``: SIGKILL that rank right after its
-    DeepSpeed files of that step's checkpoint are written (before the checkpoint is complete)."""
-    spec = os.environ.get("PMNET_TEST_KILL_IN_CHECKPOINT", "")
-    if not spec or spec != f"{step}:{rank}":
-        return
-    original = engine.save_checkpoint
-
-    def save_then_die(*args: Any, **kwargs: Any) -> Any:
-        out = original(*args, **kwargs)
-        LOG.warning(f"PMNET_TEST_KILL_IN_CHECKPOINT: killing rank {rank} inside the step-{step} checkpoint")
-        os.kill(os.getpid(), signal.SIGKILL)
-        return out
-
-    engine.save_checkpoint = save_then_die

@@ -18,7 +18,7 @@ import signal
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
@@ -68,13 +68,24 @@ class StepStats:
     stop_requested: bool = False
 
 
-class Hook(Protocol):
-    """A side concern (metrics, eval, checkpoints) called at fixed points of the loop."""
+class Hook:
+    """A side concern (metrics, eval, checkpoints, a test's fault) called at fixed points of the loop.
 
-    def on_train_start(self, trainer: Trainer) -> None: ...
-    # optional: on_step_start(self, trainer, step) before step ``step`` (1-based) runs
-    def on_step_end(self, trainer: Trainer, stats: StepStats) -> None: ...
-    def on_train_end(self, trainer: Trainer, reason: str) -> None: ...
+    Subclasses override what they need; every method does nothing by default. Hooks run in list
+    order at each point, on every rank (a hook doing collective work must do it on all ranks).
+    """
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        """Once, after set-up and any resume, before the first step."""
+
+    def on_step_start(self, trainer: Trainer, step: int) -> None:
+        """Before optimizer step ``step`` (1-based) runs."""
+
+    def on_step_end(self, trainer: Trainer, stats: StepStats) -> None:
+        """After a step is taken (or skipped) and counted in ``trainer.state``."""
+
+    def on_train_end(self, trainer: Trainer, reason: str) -> None:
+        """Once at the end: ``reason`` is finished, stop_at_step, signal or too_many_skips."""
 
 
 class Trainer:
@@ -87,17 +98,16 @@ class Trainer:
         engine: Any,
         optimizer: GuardedAdamW,
         loader: Any,
-        hooks: list[Any],
+        hooks: list[Hook],
     ) -> None:
         self.cfg, self.env, self.engine, self.optimizer, self.loader = cfg, env, engine, optimizer, loader
         self.hooks = hooks
         self.state = TrainState()
         self.accumulation = accumulation_steps(cfg, env.world_size)
         self.chunks = cfg.train.tbptt_chunks
-        self.chunk_len = (cfg.data.sample_bytes - 1) // self.chunks
+        self.chunk_len = cfg.tbptt_chunk_bytes()
         self._signal: int | None = None
         self._iter: Iterator[dict[str, torch.Tensor]] | None = None
-        self._inject = set(cfg.train.inject_nan_at_steps)
         # RNG states of a checkpoint, installed at the next step boundary (see ``fit``)
         self.pending_rng: dict[str, Any] | None = None
 
@@ -122,7 +132,8 @@ class Trainer:
         raise RuntimeError("the training loader yields no batch (fewer samples than one micro-batch per rank?)")
 
     # ---- one optimizer step ------------------------------------------------
-    def _chunk_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def chunk_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The training loss of one chunk (a hook may wrap it for a step: the tests inject NaNs so)."""
         from pmnet.model import lm_loss
 
         return lm_loss(logits, targets, ignore_index=self.cfg.model.pad_token_id)
@@ -146,8 +157,6 @@ class Trainer:
         set_lr(engine, lr)
         self.optimizer.force_skip = False
         self.optimizer.skipped = False
-        # only the last rank's loss goes bad: the skip must still be taken by every rank
-        inject = (step + 1) in self._inject and self.env.rank == self.env.world_size - 1
         t0 = time.perf_counter()
         data_time = 0.0
         loss_sum = torch.zeros((), dtype=torch.float32, device=dev)
@@ -167,9 +176,7 @@ class Trainer:
                 cols = slice(k * self.chunk_len, (k + 1) * self.chunk_len)
                 collect = want_diagnostics and micro == 0 and k == 0
                 logits, state = engine(ids[:, cols], state=state, collect_diagnostics=collect)
-                loss = self._chunk_loss(logits, targets[:, cols])
-                if inject:
-                    loss = loss * float("nan")
+                loss = self.chunk_loss(logits, targets[:, cols])
                 loss_sum += loss.detach().float()
                 if collect and state.diagnostics:
                     diagnostics = {
@@ -224,8 +231,7 @@ class Trainer:
             nxt = self.state.step + 1
             self._install_pending_rng()
             for h in self.hooks:
-                if hasattr(h, "on_step_start"):
-                    h.on_step_start(self, nxt)
+                h.on_step_start(self, nxt)
             stats = self.train_step(
                 want_family_norms=nxt % log_every == 0 or nxt == 1,
                 want_diagnostics=diag_every > 0 and (nxt % diag_every == 0 or nxt == 1),

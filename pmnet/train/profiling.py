@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from pmnet.train.loop import Hook
 from pmnet.train.metrics import LOG
 
 if TYPE_CHECKING:
@@ -71,7 +72,7 @@ def device_time_by_family(
     return "\n".join(lines)
 
 
-class ProfilerHook:
+class ProfilerHook(Hook):
     """Profiles optimizer steps ``profile_at_step`` .. ``profile_at_step + profile_steps - 1``."""
 
     def __init__(self, cfg: Config, env: DistEnv, run_dir: Path) -> None:

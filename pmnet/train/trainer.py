@@ -8,6 +8,7 @@ in ``checkpoint.py``, process groups in ``distributed.py``.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from pmnet.model.config import WEIGHT_SHAPE_FIELDS
 from pmnet.train.distributed import DistEnv, barrier
 from pmnet.train.engine import build_engine, build_model, deepspeed_config
 from pmnet.train.hooks import CheckpointHook, EvalHook, MetricsHook
-from pmnet.train.loop import Trainer
+from pmnet.train.loop import Hook, Trainer
 from pmnet.train.metrics import LOG, MetricsWriter, measure_peak_tflops, setup_logging
 from pmnet.train.profiling import ProfilerHook
 
@@ -30,8 +31,12 @@ def run_dir_of(cfg: Config) -> Path:
     return Path(cfg.train.run_root) / cfg.train.run_name
 
 
-def train(cfg: Config, env: DistEnv) -> int:
-    """Train as the config says (every rank calls this); returns the process exit code."""
+def train(cfg: Config, env: DistEnv, extra_hooks: Sequence[Hook] = ()) -> int:
+    """Train as the config says (every rank calls this); returns the process exit code.
+
+    ``extra_hooks`` run after the built-in ones (metrics, eval, checkpoints, profiler) at every
+    point of the loop: a caller's own concerns, or a test's injected faults (``tests/fault_train.py``).
+    """
     run_dir = run_dir_of(cfg)
     setup_logging(run_dir, env.is_main, env.rank)
     if env.is_main:
@@ -50,12 +55,13 @@ def train(cfg: Config, env: DistEnv) -> int:
     loader = _train_loader(cfg)
     writer = MetricsWriter(run_dir / "tb", enabled=env.is_main and cfg.logging.tensorboard)
     peak = cfg.logging.peak_tflops or (measure_peak_tflops(env.device) if env.is_main else None)
-    hooks: list[Any] = [MetricsHook(cfg, env, writer, peak)]
+    hooks: list[Hook] = [MetricsHook(cfg, env, writer, peak)]
     if cfg.eval.interval > 0:
         hooks.append(EvalHook(cfg, env, writer, lambda: _val_loader(cfg)))
     hooks.append(CheckpointHook(cfg, env, run_dir))
     if cfg.logging.profile_at_step > 0:
         hooks.append(ProfilerHook(cfg, env, run_dir))
+    hooks.extend(extra_hooks)
     trainer = Trainer(cfg, env, engine, optimizer, loader, hooks)
     if ckpt is not None:
         resume(trainer, ckpt)

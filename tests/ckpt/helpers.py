@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,13 @@ PY = sys.executable
 WORKER = Path(__file__).with_name("ds_worker.py")
 
 
-def run_ranks(cmd: list[str], world: int, log_of: Callable[[int], Path], timeout: float) -> list[int | str]:
-    """Start ``cmd`` as ``world`` gloo CPU ranks (env rendezvous on loopback), wait, return the exit codes."""
+def run_ranks(
+    cmd: list[str], world: int, log_of: Callable[[int], Path], timeout: float, stop_all_on_failure: bool = False
+) -> list[int | str]:
+    """Start ``cmd`` as ``world`` gloo CPU ranks (env rendezvous on loopback), wait, return the exit codes.
+
+    ``stop_all_on_failure``: once a rank exits non-zero (or is killed), SIGKILL the others, as the
+    launcher does (their codes are then negative)."""
     port = free_port()
     procs = []
     for rank in range(world):
@@ -28,6 +34,15 @@ def run_ranks(cmd: list[str], world: int, log_of: Callable[[int], Path], timeout
                         PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")  # fmt: skip
         log = open(log_of(rank), "w")  # noqa: SIM115 (closed after wait)
         procs.append((subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO), log))
+    if stop_all_on_failure:
+        t0 = time.time()
+        while time.time() - t0 < timeout and any(p.poll() is None for p, _ in procs):
+            if any(p.poll() not in (None, 0) for p, _ in procs):
+                for p, _ in procs:
+                    if p.poll() is None:
+                        p.kill()
+                break
+            time.sleep(0.05)
     codes: list[int | str] = []
     for p, log in procs:
         try:

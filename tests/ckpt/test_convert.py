@@ -24,7 +24,7 @@ def test_zero3_two_ranks_to_interchange_logits_equal_engine(z3_run, tmp_path: Pa
     from pmnet.model import load_pretrained
 
     out = tmp_path / "export"
-    p = run_tool("tools/convert_checkpoint.py", "interchange", str(z3_run.ckpt(4)), str(out), "--json")
+    p = run_tool("tools/convert_checkpoint.py", "interchange", str(z3_run.ckpt(4)), "--out", str(out), "--json")
     assert p.returncode == 0, p.stderr
     res = json.loads(p.stdout)
     assert res["zero_stage"] == 3 and res["world_size"] == 2
@@ -80,15 +80,19 @@ def test_converter_never_imports_torch(z2_run, tmp_path: Path) -> None:
 
 
 def test_cli_errors_are_one_line(z2_run, tmp_path: Path) -> None:
-    p = run_tool("tools/convert_checkpoint.py", "interchange", str(tmp_path / "nope"), str(tmp_path / "o"))
-    assert p.returncode == 1 and "Traceback" not in p.stderr
+    p = run_tool("tools/convert_checkpoint.py", "interchange", str(tmp_path / "nope"), "--out", str(tmp_path / "o"))
+    assert p.returncode == 2 and "Traceback" not in p.stderr  # a bad input path: exit 2, as a usage error
     assert p.stderr.strip().count("\n") == 0 and "no such directory" in p.stderr
     out = tmp_path / "exists"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
+    p = run_tool("tools/convert_checkpoint.py", "interchange", str(z2_run.ckpt(2)), "--out", str(out))
+    assert p.returncode == 2 and "--force" in p.stderr and (out / "keep.txt").read_text() == "mine"
+    # the older spelling (OUT positional) still works, with a one-line deprecation note
     p = run_tool("tools/convert_checkpoint.py", "interchange", str(z2_run.ckpt(2)), str(out))
-    assert p.returncode == 1 and "--force" in p.stderr and (out / "keep.txt").read_text() == "mine"
-    p = run_tool("tools/convert_checkpoint.py", "interchange", str(z2_run.ckpt(2)), str(out), "--dtype", "fp8")
+    assert p.returncode == 2 and "--force" in p.stderr and (out / "keep.txt").read_text() == "mine"
+    assert "deprecated" in p.stderr.splitlines()[0] and len(p.stderr.strip().splitlines()) == 2
+    p = run_tool("tools/convert_checkpoint.py", "interchange", str(z2_run.ckpt(2)), "--out", str(out), "--dtype", "fp8")
     assert p.returncode == 2  # argparse usage error
     for tool in ("convert_checkpoint.py", "resume.py", "audit_checkpoint.py"):
         p = run_tool(f"tools/{tool}", "--help")
@@ -115,7 +119,7 @@ def test_zero0_bf16_exports_fp32_masters(tmp_path: Path) -> None:
         {"stage": 0, "precision": "bf16", "steps": 1, "save_at": [1], "run_dir": str(tmp_path / "r")}, tmp_path / "j", 1
     )
     ckpt = tmp_path / "r" / "checkpoints" / "step_00000001"
-    p = run_tool("tools/convert_checkpoint.py", "interchange", str(ckpt), str(tmp_path / "o"), "--json")
+    p = run_tool("tools/convert_checkpoint.py", "interchange", str(ckpt), "--out", str(tmp_path / "o"), "--json")
     assert p.returncode == 0 and json.loads(p.stdout)["notes"] == [], p.stdout + p.stderr
     from pmnet.model import read_weights
 
@@ -136,7 +140,7 @@ def test_zero1_bf16_optimizer_two_ranks(tmp_path: Path) -> None:
     )
     ckpt = tmp_path / "r" / "checkpoints" / "step_00000002"
     assert len(list(ckpt.glob("bf16_zero_pp_rank_*_optim_states.pt"))) == 2
-    p = run_tool("tools/convert_checkpoint.py", "interchange", str(ckpt), str(tmp_path / "o"), "--json")
+    p = run_tool("tools/convert_checkpoint.py", "interchange", str(ckpt), "--out", str(tmp_path / "o"), "--json")
     assert p.returncode == 0, p.stdout + p.stderr
     res = json.loads(p.stdout)
     assert res["zero_stage"] == 1 and res["world_size"] == 2

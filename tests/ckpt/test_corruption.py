@@ -113,22 +113,24 @@ def test_no_valid_checkpoint_exits_nonzero(tmp_path: Path) -> None:
     p = run_tool("tools/resume.py", str(tmp_path / "run"))
     assert p.returncode == 1 and "no valid checkpoint" in p.stderr and "Traceback" not in p.stderr
     p = run_tool("tools/resume.py", str(tmp_path / "missing"))
-    assert p.returncode == 1 and "no such run directory" in p.stderr
+    assert p.returncode == 2 and "no such run directory" in p.stderr  # unusable input: exit 2
 
 
 @pytest.mark.parametrize("case", ["missing_manifest", "flipped_byte_in_zero_partition", "lying_manifest"])
 def test_convert_refuses_unverifiable_input_unless_allowed(case: str, z2_run, tmp_path: Path) -> None:
-    """No manifest or a hash mismatch: convert exits 1 in one line naming the problem and the flag, writes
+    """No manifest or a hash mismatch: convert exits 2 in one line naming the problem and the flag, writes
     nothing; ``--allow-unverified`` converts it and says so in the result's notes."""
     run = z2_run.copy_to(tmp_path / "run")
     step = run / "checkpoints" / "step_00000004"
     CASES[case](step)
     out = tmp_path / "export"
-    p = run_tool("tools/convert_checkpoint.py", "interchange", str(step), str(out))
-    assert p.returncode == 1 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    p = run_tool("tools/convert_checkpoint.py", "interchange", str(step), "--out", str(out))
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
     assert "--allow-unverified" in p.stderr and str(step) in p.stderr and not out.exists()
     assert ("manifest.json missing" if case == "missing_manifest" else "sha256 differs") in p.stderr
-    p = run_tool("tools/convert_checkpoint.py", "interchange", str(step), str(out), "--allow-unverified", "--json")
+    p = run_tool(
+        "tools/convert_checkpoint.py", "interchange", str(step), "--out", str(out), "--allow-unverified", "--json"
+    )
     assert p.returncode == 0, p.stderr
     notes = json.loads(p.stdout)["notes"]
     assert any(n.startswith("unverified input") for n in notes) and (out / "model.safetensors").is_file()

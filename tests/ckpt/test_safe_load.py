@@ -111,9 +111,9 @@ def test_convert_interchange_refuses_it(planted: tuple[Path, Path], tmp_path: Pa
     """Refused with or without --allow-unverified (that flag accepts missing hashes, never code)."""
     run, marker = planted
     out = tmp_path / "export"
-    p = run_tool("tools/convert_checkpoint.py", "interchange", str(run / "checkpoints" / "step_00000004"), str(out),
+    p = run_tool("tools/convert_checkpoint.py", "interchange", str(run / "checkpoints" / "step_00000004"), "--out", str(out),
                  *extra)  # fmt: skip
-    assert p.returncode == 1 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
     assert MODEL_FILE in p.stderr and REFUSAL in p.stderr
     assert not out.exists() and not marker.exists()
 
@@ -122,8 +122,10 @@ def test_convert_interchange_refuses_it_without_manifest(planted: tuple[Path, Pa
     run, marker = planted
     step = run / "checkpoints" / "step_00000004"
     (step / "manifest.json").unlink()
-    p = run_tool("tools/convert_checkpoint.py", "interchange", str(step), str(tmp_path / "o"), "--allow-unverified")
-    assert p.returncode == 1 and MODEL_FILE in p.stderr and "posix.system" in p.stderr, p.stderr
+    p = run_tool(
+        "tools/convert_checkpoint.py", "interchange", str(step), "--out", str(tmp_path / "o"), "--allow-unverified"
+    )
+    assert p.returncode == 2 and MODEL_FILE in p.stderr and "posix.system" in p.stderr, p.stderr
     assert len(p.stderr.strip().splitlines()) == 1 and not marker.exists()
 
 
@@ -135,7 +137,7 @@ def test_convert_universal_refuses_it(planted: tuple[Path, Path], with_manifest:
     if not with_manifest:
         (step / "manifest.json").unlink()
     p = run_tool("tools/convert_checkpoint.py", "universal", str(step))
-    assert p.returncode == 1 and MODEL_FILE in p.stderr and "posix.system" in p.stderr, p.stderr
+    assert p.returncode == 2 and MODEL_FILE in p.stderr and "posix.system" in p.stderr, p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
     assert not (step / "universal").exists() and not marker.exists()
 
@@ -158,8 +160,8 @@ def test_safeload_runner_makes_a_module_load_weights_only(planted: tuple[Path, P
 
 def test_generate_refuses_it(planted: tuple[Path, Path]) -> None:
     run, marker = planted
-    p = run_tool("tools/generate.py", str(run / "checkpoints" / "step_00000004"), "--max-bytes", "4")
-    assert p.returncode != 0 and MODEL_FILE in p.stderr and "posix.system" in p.stderr, p.stderr
+    p = run_tool("tools/generate.py", str(run / "checkpoints" / "step_00000004"), "--new-bytes", "4")
+    assert p.returncode == 2 and MODEL_FILE in p.stderr and "posix.system" in p.stderr, p.stderr
     assert "Traceback" not in p.stderr and not marker.exists()
 
 

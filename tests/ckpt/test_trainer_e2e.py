@@ -80,7 +80,9 @@ def test_interchange_to_init_from(shards: Path, trainer_run: Path, tmp_path: Pat
     from pmnet.model import load_pretrained
 
     export = tmp_path / "export"
-    p = run_tool("tools/convert_checkpoint.py", "interchange", str(trainer_run), str(export))  # run dir = newest valid
+    p = run_tool(
+        "tools/convert_checkpoint.py", "interchange", str(trainer_run), "--out", str(export)
+    )  # run dir = newest valid
     assert p.returncode == 0, p.stderr
     p = run_tool("tools/convert_checkpoint.py", "start-from", str(export), "--json")
     assert p.returncode == 0 and "train.init_from=" in json.loads(p.stdout)["command"]
@@ -90,7 +92,7 @@ def test_interchange_to_init_from(shards: Path, trainer_run: Path, tmp_path: Pat
     out = train(_overrides(shards, tmp_path, "init", **extra), 1, tmp_path / "init")
     assert "initialised weights from" in out
     step1 = tmp_path / "init" / "checkpoints" / "step_00000001"
-    p = run_tool("tools/convert_checkpoint.py", "interchange", str(step1), str(tmp_path / "step1"))
+    p = run_tool("tools/convert_checkpoint.py", "interchange", str(step1), "--out", str(tmp_path / "step1"))
     assert p.returncode == 0, p.stderr
     ids = torch.randint(1, 254, (2, 96), generator=torch.Generator().manual_seed(5))
     logits = []

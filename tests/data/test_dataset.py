@@ -242,8 +242,8 @@ def test_corrupt_shard_is_named_by_verify_tool_and_loader(shared_data: Path, tmp
     shard.write_bytes(bytes(blob))
     problems = verify_shards(out)
     assert len(problems) == 1 and str(shard) in problems[0] and "mismatch" in problems[0]
-    res = run_tool("--input", src, "--output", out, "--val-fraction", "0", "--verify")
-    assert res.returncode == 2 and str(shard) in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    res = run_tool(src, "--out", out, "--val-fraction", "0", "--verify")
+    assert res.returncode == 1 and str(shard) in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert "Traceback" not in res.stderr
     cfg = DataConfig(streams=[StreamConfig(local=str(out), split="train")], num_workers=0, verify_hashes=True)
     with pytest.raises(DataPipelineError, match=str(shard.name)):

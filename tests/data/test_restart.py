@@ -53,13 +53,13 @@ def _alive(pid: int) -> bool:
 def test_sigkill_then_rerun_equals_uninterrupted(shared_data: Path, tmp_path: Path) -> None:
     corpus = _corpus(shared_data, tmp_path / "corpus")
     # Small text units: the 13 books become several units, so there is something to resume.
-    args = ["--input", str(corpus), "--sample-bytes", "2049", "--val-fraction", "0.1", "--workers", "2",
+    args = [str(corpus), "--sample-bytes", "2049", "--val-fraction", "0.1", "--workers", "2",
             "--text-unit-bytes", "1500000"]  # fmt: skip
 
     killed_out = tmp_path / "killed"
     staging = staging_dir(killed_out)
     proc = subprocess.Popen(
-        [sys.executable, str(TOOL), *args, "--output", str(killed_out), "--no-progress"],
+        [sys.executable, str(TOOL), *args, "--out", str(killed_out), "--no-progress"],
         cwd=REPO,
         stderr=subprocess.PIPE,
         text=True,
@@ -85,13 +85,13 @@ def test_sigkill_then_rerun_equals_uninterrupted(shared_data: Path, tmp_path: Pa
     n_units = len(json.loads((staging / "settings.json").read_text())["inputs"])  # inputs >= units
     assert 2 <= len(done) < n_units
 
-    res = run_tool(*args, "--output", killed_out)
+    res = run_tool(*args, "--out", killed_out)
     assert res.returncode == 0, res.stderr
     assert f"resuming: {len(done)} of " in res.stderr
     assert not staging.exists()
 
     clean_out = tmp_path / "clean"  # the uninterrupted run, in this process (saves an interpreter start)
-    assert cli_main([*args, "--output", str(clean_out), "--no-progress"]) == 0
+    assert cli_main([*args, "--out", str(clean_out), "--no-progress"]) == 0
 
     for split in ("train", "val"):
         assert read_split_samples(killed_out / split) == read_split_samples(clean_out / split)
@@ -113,7 +113,7 @@ def test_ctrl_c_is_one_line_and_keeps_finished_units(shared_data: Path, tmp_path
         for p in sorted((shared_data / "books").glob("pg*.txt")):
             shutil.copy(p, corpus / f"{copy}_{p.name}")
     out = tmp_path / "out"
-    args = ["--input", str(corpus), "--output", str(out), "--workers", "2", "--text-unit-bytes", "1000000"]
+    args = [str(corpus), "--out", str(out), "--workers", "2", "--text-unit-bytes", "1000000"]
     proc = subprocess.Popen(
         [sys.executable, str(TOOL), *args, "--no-progress"],
         cwd=REPO,
@@ -143,7 +143,7 @@ def test_a_killed_worker_fails_the_run_in_one_line(shared_data: Path, tmp_path: 
         for p in sorted((shared_data / "books").glob("pg*.txt")):
             shutil.copy(p, corpus / f"{copy}_{p.name}")
     out = tmp_path / "out"
-    args = ["--input", str(corpus), "--output", str(out), "--workers", "2", "--text-unit-bytes", "1000000"]
+    args = [str(corpus), "--out", str(out), "--workers", "2", "--text-unit-bytes", "1000000"]
     proc = subprocess.Popen([sys.executable, str(TOOL), *args, "--no-progress"], cwd=REPO, stderr=subprocess.PIPE,
                             text=True)  # fmt: skip
     units = staging_dir(out) / "units"

@@ -30,7 +30,7 @@ def test_every_document_round_trips_exactly(shared_data: Path, tmp_path: Path) -
     corpus = build_mixed_corpus(shared_data, tmp_path / "corpus")
     out = tmp_path / "shards"
     res = run_tool(
-        "--input", corpus, "--output", out, "--workers", "2",
+        corpus, "--out", out, "--workers", "2",
         "--sample-bytes", SAMPLE_BYTES, "--val-fraction", VAL_FRACTION, "--keep-tail", "--verify",
     )  # fmt: skip
     assert res.returncode == 0, res.stderr

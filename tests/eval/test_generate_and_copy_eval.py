@@ -14,20 +14,22 @@ from tests.eval.conftest import run_tool
 
 
 def test_generate_prints_text(tiny_ckpt: Path) -> None:
-    args = (tiny_ckpt, "--prompt", "It was a dark night", "--max-bytes", "48", "--top-k", "20", "--seed", "3")
+    args = (tiny_ckpt, "--prompt", "It was a dark night", "--new-bytes", "48", "--top-k", "20", "--seed", "3")
     first, second = run_tool("generate.py", *args), run_tool("generate.py", *args)
     assert first.returncode == 0, first.stderr
     assert first.stdout.startswith("It was a dark night")
     assert len(first.stdout) > len("It was a dark night") + 1  # something was generated
     assert first.stdout == second.stdout  # same seed, same text
-    proc = run_tool("generate.py", tiny_ckpt, "--max-bytes", "-1")
-    assert proc.returncode == 1 and proc.stderr.startswith("error:") and "Traceback" not in proc.stderr
+    old = run_tool("generate.py", *[("--max-bytes" if a == "--new-bytes" else a) for a in args])  # the old name
+    assert old.returncode == 0 and old.stdout == first.stdout and "--max-bytes is deprecated" in old.stderr
+    proc = run_tool("generate.py", tiny_ckpt, "--new-bytes", "-1")
+    assert proc.returncode == 2 and proc.stderr.startswith("error:") and "Traceback" not in proc.stderr
 
 
 def test_generate_library_streams_state(tiny_ckpt: Path) -> None:
     model, _ = load_model(tiny_ckpt)
     seen: list[bytes] = []
-    out = generate(model, b"abc", max_bytes=12, temperature=0, stop_at_eos=False, on_bytes=seen.append)
+    out = generate(model, b"abc", new_bytes=12, temperature=0, stop_at_eos=False, on_bytes=seen.append)
     assert len(out) == 12 and b"".join(seen) == out
     assert 0 not in out and 254 not in out and 255 not in out
     # greedy with the carried state equals greedy by re-reading the whole text every step
@@ -64,7 +66,7 @@ def test_eval_copy_paste_two_models(tiny_ckpt: Path, tiny_ckpt_nomem: Path, tmp_
     assert "| (16, 32] |" in proc.stdout and "pmnet exact / byte %" in proc.stdout
     assert (tmp_path / "copy_paste.md").read_text().startswith("|")
     bad = run_tool("eval_copy_paste.py", tiny_ckpt, "--labels", "a", "b")
-    assert bad.returncode == 1 and "--labels" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and "--labels" in bad.stderr and "Traceback" not in bad.stderr
 
     # models evaluated in separate runs (e.g. one GPU call each) merge into one table and plot
     header = (tmp_path / "copy_paste.csv").read_text().splitlines()[0]
@@ -83,7 +85,7 @@ def test_eval_copy_paste_two_models(tiny_ckpt: Path, tiny_ckpt_nomem: Path, tmp_
     assert (tmp_path / "m" / "copy_paste.png").read_bytes()[:4] == b"\x89PNG"
     (tmp_path / "bad.csv").write_text("model,n_lo\npmnet,zero\n")
     bad = run_tool("eval_copy_paste.py", "--merge", tmp_path / "bad.csv", "--out", tmp_path / "b")
-    assert bad.returncode == 1 and "bad.csv" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and "bad.csv" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "b").exists()
     clash = run_tool("eval_copy_paste.py", tiny_ckpt, "--labels", "pmnet", "--merge", parts[0], "--out", tmp_path / "c")
-    assert clash.returncode == 1 and "pmnet" in clash.stderr
+    assert clash.returncode == 2 and "pmnet" in clash.stderr

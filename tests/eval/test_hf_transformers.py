@@ -86,7 +86,7 @@ def test_tokenizer_and_greedy_generate_match_streaming_generate(export: tuple[PM
     prompt = "Once upon a time"
     out = hf.generate(**tok(prompt, return_tensors="pt"), max_new_tokens=24, do_sample=False)
     new = out[0, len(prompt) + 1 :].tolist()
-    ours = pmnet_generate(model, prompt.encode(), max_bytes=24, temperature=0)
+    ours = pmnet_generate(model, prompt.encode(), new_bytes=24, temperature=0)
     assert bytes(b for b in new if b != 255) == ours  # the same bytes (EOS ends both)
     assert all(b not in (0, 254) and b < 256 for b in new)
 

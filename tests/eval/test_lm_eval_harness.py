@@ -108,7 +108,7 @@ def test_pmnet_model_in_lm_eval_cli(tiny_ckpt: Path, tmp_path: Path) -> None:
 def test_cli_error_is_one_line_naming_the_file(
     tiny_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A truncated weights file (an interrupted download): one error line naming it, exit 1, no traceback
+    """A truncated weights file (an interrupted download): one error line naming it, exit 2, no traceback
     (in process: the same ``main`` as ``python -m pmnet.eval.harness``, without a second interpreter start)."""
     from pmnet.eval.harness import main
 
@@ -125,7 +125,7 @@ def test_cli_error_is_one_line_naming_the_file(
     rc = main(["--model", "pmnet", "--model_args", f"pretrained={bad}", "--device", "cpu",
                "--tasks", "pmnet_local_ppl", "--include_path", str(tmp_path / "tasks")])  # fmt: skip
     errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
-    assert rc == 1 and len(errors) == 1, errors
+    assert rc == 2 and len(errors) == 1, errors
     assert str(bad / "model.safetensors") in errors[0] and "truncated or corrupt" in errors[0]
 
 

@@ -139,10 +139,10 @@ def test_moving_average_and_ranges() -> None:
 
 def test_errors_are_one_line(tiny_ckpt: Path, books_dir: Path, tmp_path: Path) -> None:
     proc = run_tool("eval_long_context.py", tmp_path / "nope", "--books", books_dir)
-    assert proc.returncode == 1 and proc.stderr.strip().startswith("error:") and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and proc.stderr.strip().startswith("error:") and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     proc = run_tool("eval_long_context.py", tiny_ckpt, "--books", books_dir, "--max-bytes", 10**7)
-    assert proc.returncode == 1 and "no book" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "no book" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_tool("eval_long_context.py", "--help")
     assert proc.returncode == 0 and "--zero-anchors" in proc.stdout and "--compare" in proc.stdout
 

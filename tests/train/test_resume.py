@@ -9,7 +9,9 @@ interruption, stopped at STEPS by ``train.stop_at_step``; checkpoints every 2 st
 * A (module fixture): STEPS steps in one go.
 * T: SIGTERM to the launcher's process group mid-run -> a checkpoint and exit 0; relaunch -> STEPS.
 * K: three SIGKILLs, each followed by a relaunch of the same command:
-  1. rank 1 is SIGKILLed inside the step-4 checkpoint write -> step 2 stays valid, the relaunch resumes there;
+  1. rank 1 is SIGKILLed inside the step-4 checkpoint write (a hook of ``tests/fault_train.py``, the two
+     ranks started directly, as the launcher's per-rank mode does) -> step 2 stays valid, the relaunch
+     resumes there;
   2. the whole job (process group) is SIGKILLed once step 5 is logged, between checkpoints;
   3. the whole job is SIGKILLed as soon as its first checkpoint is published.
 
@@ -35,6 +37,7 @@ import pytest
 
 from pmnet.checkpoint.ptread import PtFile, Stub, TensorRef
 from pmnet.train.checkpoint import find_latest_valid
+from tests.ckpt.helpers import PY, run_ranks
 from tests.train.conftest import (
     Result,
     base_overrides,
@@ -51,13 +54,16 @@ pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
 STEPS = 10
 
 
-def _cmd(shards: Path, root: Path, name: str) -> list[str]:
-    ov = base_overrides(
+def _overrides(shards: Path, root: Path, name: str) -> list[str]:
+    return base_overrides(
         shards, root, name, train__max_steps=1000, train__stop_at_step=STEPS, deepspeed__zero_stage=2,
         checkpoint__interval=2, checkpoint__keep_last=10, model__attention_dropout=0.1, eval__interval=5,
         eval__max_batches=2,
     )  # fmt: skip
-    return pretrain_cmd("configs/demo.yaml", ov, "--cpu-ranks", "2")
+
+
+def _cmd(shards: Path, root: Path, name: str) -> list[str]:
+    return pretrain_cmd("configs/demo.yaml", _overrides(shards, root, name), "--cpu-ranks", "2")
 
 
 def _launch(
@@ -68,7 +74,8 @@ def _launch(
     Returns the result, that text and whether the job was killed while still running."""
     start = train_log.stat().st_size if train_log.is_file() else 0
     t0 = time.time()
-    p = start_launch(cmd, launch_env(MASTER_PORT=str(free_port()), **env), log)
+    # one thread per rank in every launch: the fault run (run_ranks) uses one too, and the numbers match bitwise
+    p = start_launch(cmd, launch_env(MASTER_PORT=str(free_port()), OMP_NUM_THREADS="1", **env), log)
     killed = False
 
     def new_text() -> str:
@@ -208,8 +215,11 @@ def test_three_sigkills_then_resume_bitwise_equal(shards: Path, uninterrupted: P
     train_log, root = run / "train.log", run / "checkpoints"
 
     # 1. rank 1 dies inside the step-4 checkpoint write: step 2 stays the valid one
-    k1, _, _ = _launch(cmd, tmp_path / "k1.log", train_log, PMNET_TEST_KILL_IN_CHECKPOINT="4:1")
-    assert k1.rc != 0, "the launcher must report the killed rank"
+    fault = [PY, "-m", "tests.fault_train", "configs/demo.yaml", *_overrides(shards, tmp_path, "k"),
+             "--kill-in-checkpoint", "4:1"]  # fmt: skip
+    codes = run_ranks(fault, 2, lambda r: tmp_path / f"k1.rank{r}.log", timeout=300, stop_all_on_failure=True)
+    k1 = Result(-1, (tmp_path / "k1.rank1.log").read_text(errors="replace"), 0.0)
+    assert codes[1] == -signal.SIGKILL and "killing rank 1 inside the step-4" in k1.out, f"{codes}\n{k1.explain()}"
     assert (root / "latest").read_text().strip() == "step_00000002", k1.explain()
     assert find_latest_valid(run).name == "step_00000002"
     assert not (root / "step_00000004").exists()

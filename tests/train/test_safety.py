@@ -1,5 +1,8 @@
 """Safety: a NaN on one rank is skipped by all ranks and counted in TensorBoard; too many in a row
-stop the run with a checkpoint (SIGTERM is tested with resume, in test_resume.py)."""
+stop the run with a checkpoint (SIGTERM is tested with resume, in test_resume.py).
+
+The NaNs come from a hook (``tests/fault_train.py``): 2 gloo CPU ranks of ``python -m tests.fault_train``,
+each started as the launcher's per-rank mode starts ``python -m pmnet.train``."""
 
 from __future__ import annotations
 
@@ -10,28 +13,22 @@ import pytest
 import torch
 
 from pmnet.train.checkpoint import find_latest_valid
-from tests.train.conftest import (
-    base_overrides,
-    launch_env,
-    model_weights,
-    pretrain_cmd,
-    read_scalars,
-    run_launch,
-)
+from tests.ckpt.helpers import PY, run_ranks
+from tests.train.conftest import base_overrides, model_weights, read_scalars
 
 
 @pytest.mark.multiprocess
 def test_nan_steps_are_skipped_counted_and_too_many_stop(shards: Path, tmp_path: Path) -> None:
     # step 2: one skip; steps 5, 6, 7: three in a row = max_consecutive_skips -> stop at 7 (exit 3)
     ov = base_overrides(
-        shards, tmp_path, "nan", train__max_steps=20, train__max_consecutive_skips=3,
-        train__inject_nan_at_steps="[2,5,6,7]", deepspeed__zero_stage=2,
+        shards, tmp_path, "nan", train__max_steps=20, train__max_consecutive_skips=3, deepspeed__zero_stage=2,
+        train__device="cpu",
     )  # fmt: skip
-    res = run_launch(
-        pretrain_cmd("configs/demo.yaml", ov, "--cpu-ranks", "2"), launch_env()
-    )  # the launcher picks the port
-    assert res.rc == 3, res.explain()
-    assert "stopping: 3 consecutive steps had a non-finite loss or gradient" in res.out, res.explain()
+    cmd = [PY, "-m", "tests.fault_train", "configs/demo.yaml", *ov, "--nan-at", "2,5,6,7"]
+    codes = run_ranks(cmd, 2, lambda r: tmp_path / f"rank{r}.log", timeout=900)
+    out = (tmp_path / "rank0.log").read_text(errors="replace")
+    assert codes == [3, 3], f"exit codes {codes}\n{out[-6000:]}"
+    assert "stopping: 3 consecutive steps had a non-finite loss or gradient" in out, out[-6000:]
     scalars = read_scalars(tmp_path / "nan" / "tb")
     skipped = dict(scalars["train/skipped_steps"])
     assert skipped[2] == 1 and skipped[5] == 2 and skipped[7] == 4
