@@ -21,8 +21,6 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 
 def _pick(path: str) -> Path:
     p = Path(path)

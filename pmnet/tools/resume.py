@@ -19,8 +19,6 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="resume.py", description=__doc__.split("\n\n")[0],
