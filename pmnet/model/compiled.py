@@ -21,13 +21,16 @@ changes the math or the state_dict keys.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 from torch import nn
 
 from pmnet.model import fused
 from pmnet.model.attention import PMNetAttention
 from pmnet.model.layers import RMSNorm, SwiGLU
+
+if TYPE_CHECKING:
+    from pmnet.model.modeling import PMNetForCausalLM
 
 
 def compile_fast_path(model: nn.Module, mode: Literal["modules", "layers"] = "modules") -> nn.Module:
@@ -39,7 +42,7 @@ def compile_fast_path(model: nn.Module, mode: Literal["modules", "layers"] = "mo
     """
     if mode == "layers":
         fused.set_compiled(False)  # inlined into the layer graphs instead
-        model.compile_layers()
+        cast("PMNetForCausalLM", model).compile_layers()
         return model
     if mode != "modules":
         raise ValueError(f"mode={mode!r}: use 'modules' or 'layers'")

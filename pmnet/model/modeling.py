@@ -158,7 +158,7 @@ class PMNetModel(nn.Module):
             if cfg.use_memory and layer.writes:
                 if child is not None:
                     group = child  # routing of level k-1 takes effect from layer kP on
-                carried = state.group_phases[level]
+                carried = state.group_phases[level]  # type: ignore[index]  # nn.ModuleList types layer.level as Tensor | Module; it is an int
                 # E_k[g]: one lookup serves the P layers of the level
                 anchor = None if level in zeroed else self.memory_embeddings(level, group)
             past_k = state.keys[i] if state.keys else None
