@@ -91,9 +91,10 @@ class ByteSampleDataset(StreamingDataset):
         super().__init__(**kwargs)
         self.sample_bytes = sample_bytes
 
-    def get_item(self, idx: int) -> dict[str, torch.Tensor]:
-        """Sample ``idx`` of the whole (multi-stream) dataset as model input and targets."""
-        return sample_to_example(super().get_item(idx)[COLUMN], self.sample_bytes)
+    def get_item(self, sample_id: int, retry: int = 7) -> dict[str, torch.Tensor]:
+        """Sample ``sample_id`` of the whole (multi-stream) dataset as model input and targets
+        (``retry``: as StreamingDataset.get_item, whose signature this keeps)."""
+        return sample_to_example(super().get_item(sample_id, retry)[COLUMN], self.sample_bytes)
 
 
 def _stream_dir(local: str, split: str | None) -> Path:

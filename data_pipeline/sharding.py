@@ -25,6 +25,7 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -114,7 +115,7 @@ def lock_path(out: Path) -> Path:
 
 
 @contextlib.contextmanager
-def _exclusive(out: Path):  # type: ignore[no-untyped-def]
+def _exclusive(out: Path) -> Iterator[None]:
     """One run per output at a time: an flock on the sibling ``.OUT.lock``, removed on release.
 
     The kernel drops the flock when the holder dies, so a crashed run never blocks the next one
@@ -384,7 +385,7 @@ def _build_manifest(
         "dropped": {},
         "shards": shards,
     }
-    inputs = []
+    inputs: list[dict[str, Any]] = []
     for unit in units:
         s = stats[unit.name]
         for key in ("documents", "bytes", "samples", "tail_bytes_dropped"):

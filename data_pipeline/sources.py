@@ -269,7 +269,8 @@ def _parse_json_line(line: bytes, path: Path, lineno: int) -> dict[str, Any]:
 
 
 def _record_to_document(obj: dict[str, Any]) -> Document:
-    meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+    raw_meta = obj.get("metadata")
+    meta = raw_meta if isinstance(raw_meta, dict) else {}
     doc_id = obj.get("id")
     score = obj.get("int_score")
     lang = obj.get("language", meta.get("language"))
@@ -285,7 +286,7 @@ def _decompressing(raw: BinaryIO, comp: str | None) -> BinaryIO:
     if comp == "gz":
         return gzip.GzipFile(fileobj=raw)  # type: ignore[return-value]
     if comp == "zst":
-        return io.BufferedReader(_ZstdFrames(raw), buffer_size=1 << 20)  # type: ignore[return-value]
+        return io.BufferedReader(_ZstdFrames(raw), buffer_size=1 << 20)
     return raw
 
 

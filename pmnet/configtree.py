@@ -14,11 +14,14 @@ import textwrap
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeGuard, TypeVar
 
 import yaml
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 
 class ConfigError(ValueError):
@@ -29,7 +32,7 @@ class _CliValue(str):
     """A raw string from the command line, parsed according to the target field's type."""
 
 
-def _is_dataclass_type(tp: Any) -> bool:
+def _is_dataclass_type(tp: Any) -> TypeGuard[type[DataclassInstance]]:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 

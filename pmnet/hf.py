@@ -163,13 +163,14 @@ class PMNetCausalLMOutput(ModelOutput):
     cache_params: PMNetCache | None = None
 
 
-class PMNetHFForCausalLM(PreTrainedModel, GenerationMixin):
+# transformers' own annotations disagree: generation_config is typed differently in its two bases
+class PMNetHFForCausalLM(PreTrainedModel, GenerationMixin):  # type: ignore[misc]
     """PMNet as a transformers causal LM: the same modules and weight names as ``pmnet.model``."""
 
     config_class = PMNetHFConfig
     base_model_prefix = "model"
     main_input_name = "input_ids"
-    _tied_weights_keys = ["lm_head.weight"]
+    _tied_weights_keys = ["lm_head.weight"]  # type: ignore[assignment]  # transformers annotates only its default, None
     _no_split_modules = ["PMNetDecoderLayer"]
     _is_stateful = True  # the state is PMNetCache, not a key/value cache that grows
 
@@ -235,7 +236,8 @@ class PMNetHFForCausalLM(PreTrainedModel, GenerationMixin):
         out = PMNetCausalLMOutput(loss=loss, logits=logits, cache_params=cache)
         return out if return_dict is not False else out.to_tuple()
 
-    def prepare_inputs_for_generation(
+    # the recurrent-state signature (cache_params), as transformers' own Mamba models override it
+    def prepare_inputs_for_generation(  # type: ignore[override]
         self,
         input_ids: Tensor,
         cache_params: PMNetCache | None = None,

@@ -215,9 +215,3 @@ def write_metadata(out_dir: str | os.PathLike[str], config: Mapping[str, Any]) -
         _write_json(out / name, content)
     _write_json(out / CONFIG_NAME, dict(config))
     return [*files, CONFIG_NAME]
-
-
-def _write_json(path: Path, content: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(content, indent=2) + "\n")
-    os.replace(tmp, path)

@@ -291,8 +291,7 @@ def check_data(ckpt: Path, objs: dict[str, Any], meta: dict[str, Any], ts: dict[
     if samples is not None and nbytes is not None and sb and int(nbytes) != int(samples) * (int(sb) - 1):
         problems.append(f"bytes_seen={nbytes} but samples_seen x (sample_bytes - 1) = {int(samples) * (int(sb) - 1)}")
     states = [objs.get(rank_file(r), {}).get("dataloader") for r in range(int(meta.get("world_size", 1)))]
-    positions = {_position(s) for s in states if s is not None}
-    positions.discard(None)
+    positions = {pos for s in states if s is not None and (pos := _position(s)) is not None}
     if len(positions) > 1:
         problems.append(f"ranks disagree on the dataloader position: {sorted(positions)}")
     elif positions and samples is not None and next(iter(positions)) != int(samples):
@@ -350,7 +349,9 @@ def audit_checkpoint(path: str | Path, *, verify_hashes: bool = True, verify_dat
     if not ckpt.is_dir():
         raise CheckpointError(f"{ckpt}: no such checkpoint directory")
     check_manifest(ckpt, report, verify_hashes)
-    meta, ts, cfg = {}, {}, {}
+    meta: dict[str, Any] = {}
+    ts: dict[str, Any] = {}
+    cfg: dict[str, Any] = {}
     try:
         meta = read_json(ckpt / META)
         ts = read_json(ckpt / TRAINER_STATE)

@@ -234,8 +234,8 @@ def plan_deepspeed(ckpt: Path) -> tuple[list[Planned], list[PtFile], dict[str, A
         info["step"] = m.get("global_steps")
         return plan, files, info
     except (PtReadError, KeyError, TypeError, AttributeError) as err:
-        for f in files:
-            f.close()
+        for pt in files:
+            pt.close()
         msg = (
             str(err)
             if isinstance(err, PtReadError)
@@ -243,8 +243,8 @@ def plan_deepspeed(ckpt: Path) -> tuple[list[Planned], list[PtFile], dict[str, A
         )
         raise CheckpointError(msg) from None
     except CheckpointError:
-        for f in files:
-            f.close()
+        for pt in files:
+            pt.close()
         raise
 
 
@@ -259,9 +259,13 @@ def _plan_zero0(m: dict[str, Any], ms: PtFile, info: dict[str, Any]) -> list[Pla
         return list(plan.values())
     matched: dict[str, TensorRef] = {}
     seen_storage: set[str] = set()
-    names = [k for k in low if not (module[k].key in seen_storage or seen_storage.add(module[k].key))]  # unique
+    names = []  # one name per storage
+    for k in low:
+        if module[k].key not in seen_storage:
+            seen_storage.add(module[k].key)
+            names.append(k)
     ok = isinstance(groups, list)
-    for group in groups if ok else []:
+    for group in groups if isinstance(groups, list) else []:
         pos = 0
         for ref in group:
             while pos < len(names) and (names[pos] in matched or tuple(module[names[pos]].shape) != tuple(ref.shape)):
@@ -369,7 +373,7 @@ def _write_shard(
         f.write(blob)
         for t in tensors:
             data = _encode(_materialize(t, files), _out_dtype(t, dtype))
-            f.write(memoryview(np.ascontiguousarray(data)).cast("B"))
+            f.write(np.ascontiguousarray(data).data.cast("B"))
             if on_bytes is not None:
                 on_bytes(data.nbytes)
             del data

@@ -21,6 +21,7 @@ loader runs before DeepSpeed touches a file.
 from __future__ import annotations
 
 import collections
+import importlib
 import math
 import pickle
 import struct
@@ -156,11 +157,10 @@ ALLOWED_GLOBALS: frozenset[str] = frozenset(
 
 def _numpy_global(module: str, name: str) -> Any:
     if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name == "scalar":
-        try:
-            from numpy._core.multiarray import scalar
+        try:  # numpy's stubs do not declare the pickling helper `scalar`: looked up by name
+            return importlib.import_module("numpy._core.multiarray").scalar
         except ImportError:  # numpy < 2
-            from numpy.core.multiarray import scalar
-        return scalar
+            return importlib.import_module("numpy.core.multiarray").scalar
     if module == "numpy" and name == "dtype":
         return np.dtype
     return None
@@ -292,7 +292,7 @@ class PtFile:
         if first + nbytes > size:
             raise PtReadError(f"{self.path}: storage {ref.storage}  is shorter than its tensors (truncated file)")
         self._fh.seek(base + first)
-        view = memoryview(out).cast("B")
+        view = out.data.cast("B")
         got = self._fh.readinto(view)
         if got != nbytes:
             raise PtReadError(f"{self.path}: short read in storage {ref.storage} (truncated file)")

@@ -61,10 +61,11 @@ def resume_report(run_dir: str | Path, *, check_only: bool = False, verify_hashe
     newest = valid[-1] if valid else None
     latest_before = read_latest(root) if root.is_dir() else None
     repaired = False
+    latest_after = latest_before
     if newest is not None and latest_before != newest.name and not check_only:
         write_latest(root, newest.name)
         repaired = True
-    latest_after = newest.name if repaired else latest_before
+        latest_after = newest.name
     for i in infos:
         i.is_latest = i.name == latest_after
     run_dir_for_cmd = root.parent if root.name == "checkpoints" else run

@@ -88,11 +88,10 @@ def torch_safe_globals() -> list[Any]:
     import numpy as np
 
     out: list[Any] = [np.dtype]
-    try:
-        from numpy._core.multiarray import scalar
+    try:  # numpy's stubs do not declare the pickling helper `scalar`: looked up by name
+        out.append(importlib.import_module("numpy._core.multiarray").scalar)
     except ImportError:  # numpy < 2
-        from numpy.core.multiarray import scalar
-    out.append(scalar)
+        out.append(importlib.import_module("numpy.core.multiarray").scalar)
     for qual in DEEPSPEED_CLASSES:
         module, name = qual.rsplit(".", 1)
         try:

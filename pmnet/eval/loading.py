@@ -14,6 +14,7 @@ import dataclasses
 import shutil
 import sys
 import tempfile
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,10 @@ _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 class EvalError(RuntimeError):
     """A problem a user can fix (bad path, incompatible flags); tools print it in one line."""
+
+
+# Models load_model compiled (--compile): make_variant compiles their variants too.
+_COMPILED: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
 
 
 def pick_device(name: str) -> torch.device:
@@ -115,7 +120,7 @@ def load_model(
         from pmnet.model.compiled import compile_fast_path
 
         compile_fast_path(model)
-        model._eval_compiled = True  # ablated variants built from it get compiled too
+        _COMPILED.add(model)  # ablated variants built from it get compiled too
     return model, cfg
 
 
@@ -138,11 +143,11 @@ def make_variant(model: torch.nn.Module, cfg: Any, **changes: Any) -> tuple[torc
     if bad:
         raise EvalError(f"variant {changes} has no place for weights {bad[:3]}")
     variant = variant.to(device=param.device, dtype=param.dtype).eval()
-    if getattr(model, "_eval_compiled", False):
+    if model in _COMPILED:
         from pmnet.model.compiled import compile_fast_path
 
         compile_fast_path(variant)
-        variant._eval_compiled = True
+        _COMPILED.add(variant)
     return variant, new_cfg
 
 

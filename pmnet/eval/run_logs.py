@@ -78,20 +78,20 @@ def summarise(runs: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], out_dir
     plt.close(fig)
     rows = []
     for label, sc in runs.items():
-        steps, gn = sc["train/grad_norm"]
-        _, loss = sc["train/loss"]
-        if len(gn) == 0:
+        steps, norms = sc["train/grad_norm"]
+        _, losses = sc["train/loss"]
+        if len(norms) == 0:
             rows.append([label, "0", "-", "-", "-", "-"])
             continue
-        finite = gn[np.isfinite(gn)]
+        finite = norms[np.isfinite(norms)]
         rows.append(
             [
                 label,
                 str(int(steps[-1])),
                 f"{finite.max():.3f}",
                 f"{np.median(finite):.3f}",
-                f"{gn[-1]:.3f}",
-                f"{loss[-1]:.4f}" if len(loss) else "-",
+                f"{norms[-1]:.3f}",
+                f"{losses[-1]:.4f}" if len(losses) else "-",
             ]
         )
     return format_table(["run", "steps logged", "max grad norm", "median", "last", "last loss"], rows)

@@ -181,6 +181,7 @@ def eager_attention(q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask, dropou
     """Reference: fp32 scores ``[B, H, T, n_past+T]`` (dense) or ``[B, H, nb, W, 2W]`` (blocked),
     masked softmax, dropout, values."""
     if mask.blocked is None:
+        assert mask.dense is not None  # AttentionMask holds one of the two layouts
         return _eager_core(q, k, v, mask.dense, dropout_p)  # [B, H, T, hd]
     qb, kb, vb = to_blocks(q, k, v, mask.window)
     return from_blocks(_eager_core(qb, kb, vb, mask.blocked, dropout_p), q.shape[-2])

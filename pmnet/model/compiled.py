@@ -22,13 +22,16 @@ changes the math or the state_dict keys.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from torch import nn
 
 from pmnet.model.attention import PMNetAttention
 from pmnet.model.layers import RMSNorm, SwiGLU
 from pmnet.model.modeling import PMNetForCausalLM, raise_recompile_limit
+
+if TYPE_CHECKING:
+    from pmnet.model.modeling import PMNetForCausalLM
 
 
 def compile_fast_path(model: PMNetForCausalLM, mode: Literal["modules", "layers"] = "modules") -> PMNetForCausalLM:

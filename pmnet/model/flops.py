@@ -68,6 +68,7 @@ def forward_flops_breakdown(
         "memory_write": 0.0,
     }
     if cfg.use_memory:
+        values: float  # the fold's share per byte below is fractional
         if implementation == "model":
             values = (
                 n * 2 * (2 * m) * (r * m)  # value half of proj_kv on each of the N slots

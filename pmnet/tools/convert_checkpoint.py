@@ -25,9 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pmnet.cli import EXIT_OK, EXIT_USAGE
 

@@ -20,8 +20,6 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from pmnet.cli import EXIT_CHECK_FAILED, EXIT_OK, EXIT_USAGE
 
 

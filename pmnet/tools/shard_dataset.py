@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
 
 from data_pipeline.errors import DataPipelineError, ShardVerifyError
 from data_pipeline.manifest import ShardSettings

@@ -169,6 +169,7 @@ def _find_and_report(run_dir: str | Path, verify_hashes: bool) -> Path | None:
 def capture_rng_state() -> dict[str, Any]:
     """RNG states of python, numpy, torch (CPU) and every CUDA device, in weights_only-safe types."""
     np_state = np.random.get_state()
+    assert isinstance(np_state, tuple)  # legacy=True (the default): the MT19937 5-tuple
     state: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": {
@@ -352,11 +353,11 @@ def apply_retention(
     latest = read_latest(root)
     if latest:
         keep.add(latest)
-    finals = sorted((parse_step(p.name), p) for p in root.iterdir() if p.is_dir() and parse_step(p.name) is not None)
-    if current is None and finals:
-        current = finals[-1][0]
-    past = [(s, p) for s, p in finals if s is not None and s <= current]
-    future = [p for s, p in finals if s is not None and s > current]
+    finals = sorted((s, p) for p in root.iterdir() if p.is_dir() and (s := parse_step(p.name)) is not None)
+    if current is None:
+        current = finals[-1][0] if finals else 0  # no finals: nothing is past or future
+    past = [(s, p) for s, p in finals if s <= current]
+    future = [p for s, p in finals if s > current]
     keep.update(p.name for _, p in past[-max(keep_last, 1) :])
     if keep_every > 0:
         keep.update(p.name for s, p in past if s % keep_every == 0)

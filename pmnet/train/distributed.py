@@ -96,8 +96,8 @@ def setup_distributed(device_preference: str = "auto", timeout_minutes: int = 30
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local_world)))
     backend = "nccl" if device.type == "cuda" else "gloo"
     if not dist.is_initialized():
-        kwargs = {"device_id": device} if device.type == "cuda" else {}
-        dist.init_process_group(backend, timeout=timedelta(minutes=timeout_minutes), **kwargs)
+        device_id = device if device.type == "cuda" else None
+        dist.init_process_group(backend, timeout=timedelta(minutes=timeout_minutes), device_id=device_id)
     _disable_shm_comm_op()
     import deepspeed
 
@@ -116,7 +116,7 @@ def teardown_distributed() -> None:
             dist.destroy_process_group()
 
 
-def _reduce(values: list[float], op: dist.ReduceOp, device: torch.device) -> list[float]:
+def _reduce(values: list[float], op: dist.ReduceOp.RedOpType, device: torch.device) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(t, op=op)

@@ -52,7 +52,8 @@ def no_weight_decay(name: str, p: nn.Parameter) -> bool:
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Two AdamW groups: decayed matrices, and everything that must not be decayed."""
-    decay, plain = [], []
+    decay: list[nn.Parameter] = []
+    plain: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (plain if no_weight_decay(name, p) else decay).append(p)

@@ -150,8 +150,9 @@ def load_init_weights(model: torch.nn.Module, cfg: Config) -> None:
     params = list(model.parameters())
     with deepspeed.zero.GatheredParameters(params, modifier_rank=0, enabled=cfg.deepspeed.zero_stage == 3):
         model.load_state_dict(sd, strict=True)
-    if hasattr(model, "tie_weights"):
-        model.tie_weights()
+    tie_weights = getattr(model, "tie_weights", None)
+    if callable(tie_weights):
+        tie_weights()
     LOG.info(f"initialised weights from {path} (fresh optimizer)")
 
 

@@ -1,0 +1,12 @@
+"""``python tools/convert_checkpoint.py``: the tool is pmnet/tools/convert_checkpoint.py (installed: ``pmnet-convert`` or ``python -m pmnet.tools.convert_checkpoint``)."""
+
+import runpy
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
+
+if __name__ == "__main__":
+    runpy.run_module("pmnet.tools.convert_checkpoint", run_name="__main__", alter_sys=True)
+else:  # imported as a module (the tests load tools/*.py by path): the tool's entry point
+    from pmnet.tools.convert_checkpoint import main  # noqa: F401
