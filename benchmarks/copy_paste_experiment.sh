@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The copy-paste experiment (MODEL.md section 8) in one command: train PMNet-30M and the same
+# The copy-paste experiment (docs/model.md section 8) in one command: train PMNet-30M and the same
 # model without memory on the copy-paste task, then measure exact-match accuracy by copy length N.
 #
 #   bash benchmarks/copy_paste_experiment.sh OUT_DIR [STEPS] [section.key=value ...]

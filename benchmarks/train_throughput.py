@@ -17,7 +17,7 @@ checkpointing per layer). MFU = bytes/s x FLOPs/byte / peak, where the peak is t
 matmul rate measured in the same process (8192^3, median of CUDA-event-timed repeats), and
 FLOPs/byte are reported two ways, clearly labelled:
 
-* ``mfu_analytic``: ``PMNetConfig.flops_per_byte`` (MODEL.md: the read projection on all
+* ``mfu_analytic``: ``PMNetConfig.flops_per_byte`` (docs/model.md: the read projection on all
   N slots), the issue's yardstick;
 * ``mfu_executed``: the FLOPs the fast path really runs (``executed_flops_per_byte``: the
   read's value half runs once per head, not per slot), for the reference path the analytic ones.
@@ -91,7 +91,7 @@ def executed_flops_per_byte(cfg: PMNetConfig, seq: int | None, training: bool = 
     The key half of the read projection runs on every slot, the value half once per head on
     the attention-weighted features (folded into the output projection where d < 2M, as for
     the 119M model); the per-call fold is negligible at training sizes and not counted.
-    The reference path runs the analytic (MODEL.md) products.
+    The reference path runs the analytic (docs/model.md) products.
     """
     impl = "fast" if cfg.memory_impl == "fast" else "model"
     fwd = forward_flops_per_byte(cfg, seq, implementation=impl)

@@ -1,4 +1,4 @@
-"""The synthetic copy-paste task (MODEL.md section 8): sample generator and training dataloader.
+"""The synthetic copy-paste task (docs/model.md section 8): sample generator and training dataloader.
 
 A sample of copy length N is laid out as::
 

@@ -28,7 +28,7 @@ live dataset on the same directory. ``loader.state_dict()`` returns
 step, and it counts this rank's yielded samples times the world size. Every rank loads it.
 
 Why a dict batch: StreamingDataLoader counts resume samples from the first value of a dict
-batch; a tuple would make it count wrongly (FACTS.md).
+batch; a tuple would make it count wrongly (docs/dependencies.md section 3).
 
 RNG: a loader never draws from the global torch generator (each has its own, see
 ``loader_generator``), so building or iterating loaders leaves the training RNG streams alone.
@@ -125,7 +125,7 @@ def _check_stream(cfg_stream: Any, sample_bytes: int, verify: bool, where: str, 
     if not (d / "index.json").exists():
         raise DataPipelineError(f"{where}: no index.json in {d} (run tools/shard_dataset.py first)")
     if not os.access(d, os.W_OK):
-        # A local-only stream decompresses each shard next to the original (FACTS.md).
+        # A local-only stream decompresses each shard next to the original (docs/dependencies.md section 3).
         raise DataPipelineError(
             f"{where}: {d} is not writable, and streaming decompresses shards next to them; "
             "set remote: <that directory> and local: <a writable cache directory> instead"

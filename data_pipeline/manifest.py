@@ -88,7 +88,7 @@ def _hash_names() -> set[str]:
 
 
 def byte_ids() -> dict[str, int]:
-    """The special byte ids written into every manifest (MODEL.md section 1)."""
+    """The special byte ids written into every manifest (docs/model.md section 1)."""
     return {"pad": PAD_ID, "bos": BOS_ID, "eos": EOS_ID}
 
 

@@ -1,6 +1,6 @@
 """Byte encoding of documents, the train/val split, and packing into fixed-size samples.
 
-A document becomes ``BOS utf8(text) EOS`` (MODEL.md section 1; NUL characters dropped so PAD=0
+A document becomes ``BOS utf8(text) EOS`` (docs/model.md section 1; NUL characters dropped so PAD=0
 never occurs inside data). Documents of one stream are concatenated and cut into samples of
 ``sample_bytes`` bytes (seq_len + 1: every input position has a target); the tail is kept as
 one shorter final sample or dropped.

@@ -2,7 +2,7 @@
 
 streaming's own ``clean_stale_shared_memory()`` unlinks *every* streaming entry, including
 those of live runs on the same machine (another job, a parallel test), which breaks them
-(FACTS.md). This version removes only entries that no live process maps: streaming keeps
+(docs/dependencies.md section 3). This version removes only entries that no live process maps: streaming keeps
 each of its SharedMemory blocks mmapped for the life of the dataset (in the main process and
 in every loader worker), so an entry absent from every ``/proc/<pid>/maps`` is stale.
 

@@ -38,7 +38,7 @@ class StreamConfig:
 
 @dataclass
 class CopyPasteConfig:
-    """The synthetic copy-paste task (MODEL.md section 8): BOS, N random bytes, N filler, SEP, the N bytes."""
+    """The synthetic copy-paste task (docs/model.md section 8): BOS, N random bytes, N filler, SEP, the N bytes."""
 
     min_n: int = 10
     "Smallest N (bytes to copy) drawn in training."
@@ -227,7 +227,7 @@ class Config:
     """Everything a run needs; saved resolved with every run and every checkpoint."""
 
     model: PMNetConfig = field(default_factory=PMNetConfig)
-    "Model shapes and switches (MODEL.md)."
+    "Model shapes and switches (docs/model.md)."
     data: DataConfig = field(default_factory=DataConfig)
     "Training and validation data."
     train: TrainConfig = field(default_factory=TrainConfig)

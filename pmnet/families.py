@@ -1,4 +1,4 @@
-"""Module families of PMNet parameters, from their interchange keys (MODEL.md section 7).
+"""Module families of PMNet parameters, from their interchange keys (docs/model.md section 7).
 
 One split shared by the trainer (grad norm per family, weight-decay exclusions) and the
 checkpoint audit (parameter norms per family). Imports nothing heavy: the audit runs without torch.

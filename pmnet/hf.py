@@ -56,7 +56,7 @@ _DEFAULT = PMNetConfig()
 
 
 class PMNetHFConfig(PretrainedConfig):
-    """transformers configuration of PMNet: the released config.json keys (MODEL.md section 7)."""
+    """transformers configuration of PMNet: the released config.json keys (docs/model.md section 7)."""
 
     model_type = MODEL_TYPE
 
@@ -261,7 +261,7 @@ class PMNetHFForCausalLM(PreTrainedModel, GenerationMixin):  # type: ignore[misc
 
 
 class ByteTokenizer(PreTrainedTokenizer):
-    """UTF-8 bytes as ids (MODEL.md section 1): ``<pad>`` = 0, ``<bos>`` = 254, ``<eos>`` = 255.
+    """UTF-8 bytes as ids (docs/model.md section 1): ``<pad>`` = 0, ``<bos>`` = 254, ``<eos>`` = 255.
 
     Encoding prepends BOS (``add_bos_token``), as every training document starts with it;
     decoding joins the bytes and decodes UTF-8 (invalid sequences are replaced).

@@ -1,4 +1,4 @@
-"""The released checkpoint's ``config.json`` and tokenizer files, as plain data (MODEL.md section 7).
+"""The released checkpoint's ``config.json`` and tokenizer files, as plain data (docs/model.md section 7).
 
 Torch-free on purpose: the streaming DeepSpeed converter (``pmnet.checkpoint.convert``) writes
 these files without importing torch. ``pmnet.model.interchange`` builds on it.
@@ -89,7 +89,7 @@ class InterchangeError(ValueError):
 
 
 def released_config(fields: Mapping[str, Any], dtype: str = "float32", use_memory: bool = True) -> dict[str, Any]:
-    """The released config.json content for the MODEL.md section 7 ``fields`` (config.json names).
+    """The released config.json content for the docs/model.md section 7 ``fields`` (config.json names).
 
     Values of the extra keys are the ones under which the released code builds PMNet:
     sliding-window attention on every layer, no attention bias, SwiGLU (silu), no rope scaling.
@@ -171,7 +171,7 @@ def parse_config(data: Any, where: str = CONFIG_NAME) -> dict[str, Any]:
 def tokenizer_files(pad_id: int = 0, bos_id: int = 254, eos_id: int = 255) -> dict[str, dict[str, Any]]:
     """The byte-tokenizer files a transformers user expects next to the weights (name -> JSON content).
 
-    Ids are UTF-8 byte values; ``<pad>`` = 0, ``<bos>`` = 254, ``<eos>`` = 255 (MODEL.md section 1).
+    Ids are UTF-8 byte values; ``<pad>`` = 0, ``<bos>`` = 254, ``<eos>`` = 255 (docs/model.md section 1).
     ``pmnet.hf.ByteTokenizer`` reads them; ``auto_map`` names the released code's tokenizer.
     """
     special = {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>"}

@@ -58,7 +58,7 @@ __all__ = [
     "verification_problem",
 ]
 
-# MODEL.md section 7 config keys that are PMNetConfig fields of the same name
+# docs/model.md section 7 config keys that are PMNetConfig fields of the same name
 INTERCHANGE_FIELDS = (
     "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "head_dim", "memory_size",
     "num_memory", "num_memory_read_heads", "memory_write_period", "sliding_window", "rope_theta", "rms_norm_eps",
@@ -387,7 +387,7 @@ def _itemsize(dt: str) -> int:
 
 
 def interchange_config(model: dict[str, Any], dtype: str = "float32") -> dict[str, Any]:
-    """config.json content (the released key set, MODEL.md section 7) from a resolved config's ``model`` section."""
+    """config.json content (the released key set, docs/model.md section 7) from a resolved config's ``model`` section."""
     from pmnet.release_format import released_config
 
     missing = [k for k in INTERCHANGE_FIELDS if k not in model]

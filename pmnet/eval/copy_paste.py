@@ -1,4 +1,4 @@
-"""Copy-paste evaluation: exact-match and per-byte accuracy by copy length N (MODEL.md section 8).
+"""Copy-paste evaluation: exact-match and per-byte accuracy by copy length N (docs/model.md section 8).
 
 Greedy decoding of the copy equals teacher forcing here: the greedy output is the exact
 copy if and only if, with the true prefix fed, the argmax at every copied position is the

@@ -15,7 +15,7 @@ directory or a DeepSpeed checkpoint: as tools/eval_long_context.py), ``dtype`` (
 (CUDA only). The device is lm_eval's ``--device`` (its default ``cuda:0`` falls back to the CPU,
 with a warning, on a machine without CUDA).
 
-Scoring streams each text through the model with the carried state (MODEL.md section 5):
+Scoring streams each text through the model with the carried state (docs/model.md section 5):
 
 * ``loglikelihood``: ``BOS + context`` is fed once per distinct context; each continuation
   continues that state, so multiple-choice answers share the context's cost.

@@ -1,7 +1,7 @@
 """Loading a model for evaluation: from an interchange directory or a training run, plus ablated variants.
 
 Evaluation tools take ``CKPT`` = an interchange directory (``config.json`` +
-``model.safetensors``, MODEL.md section 7). A training run directory or one DeepSpeed
+``model.safetensors``, docs/model.md section 7). A training run directory or one DeepSpeed
 checkpoint directory is accepted too: it is converted into a temporary interchange
 directory with the library converter ``pmnet.checkpoint.convert.convert_to_interchange``
 (streaming, bounded memory), which also picks a run's newest valid checkpoint.
@@ -23,7 +23,7 @@ import torch
 __all__ = ["EvalError", "load_model", "resolve_checkpoint", "make_variant", "pick_device", "ABLATIONS"]
 
 ABLATIONS = ("no-recurrence", "no-memory", "zero-root", "zero-leaves", "zero-all")
-"""Names of the eval-time ablations (MODEL.md section 3): used by --compare and in labels."""
+"""Names of the eval-time ablations (docs/model.md section 3): used by --compare and in labels."""
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 

@@ -1,4 +1,4 @@
-"""Long-context BPB on books (the paper's PG-19 protocol, MODEL.md section 8).
+"""Long-context BPB on books (the paper's PG-19 protocol, docs/model.md section 8).
 
 Each book (a UTF-8 text file) is encoded ``BOS, bytes...`` (NUL bytes dropped, as at
 sharding), truncated to ``max_bytes`` predicted bytes, and skipped with a note when it is
@@ -221,7 +221,7 @@ def evaluate_with_ablation(
     zero_anchors: str | None = None,
     **kwargs: Any,
 ) -> LongContextResult:
-    """:func:`evaluate_books` on ``model`` with eval-time ablations applied (MODEL.md section 3)."""
+    """:func:`evaluate_books` on ``model`` with eval-time ablations applied (docs/model.md section 3)."""
     from pmnet.model import resolve_anchor_levels
 
     changes: dict[str, Any] = {}

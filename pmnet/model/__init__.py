@@ -1,4 +1,4 @@
-"""PMNet, the byte-level LM with phasor memory (MODEL.md): config, modules, state, interchange format.
+"""PMNet, the byte-level LM with phasor memory (docs/model.md): config, modules, state, interchange format.
 
 Public API::
 

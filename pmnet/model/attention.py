@@ -1,4 +1,4 @@
-"""Sliding-window causal self-attention with carried keys/values (MODEL.md section 2).
+"""Sliding-window causal self-attention with carried keys/values (docs/model.md section 2).
 
 Three interchangeable backends compute the same thing:
 

@@ -1,6 +1,6 @@
-"""PMNet model configuration: the shapes and switches of MODEL.md, with derived values.
+"""PMNet model configuration: the shapes and switches of docs/model.md, with derived values.
 
-Shape legend used across ``pmnet.model`` (MODEL.md notation):
+Shape legend used across ``pmnet.model`` (docs/model.md notation):
     B batch, T bytes in a chunk, d hidden size, H attention heads, hd head width,
     W sliding window, L layers, P write period, K = L / P memory levels,
     N slots per group, M phase width, R read heads, G groups of a level (N**k).
@@ -21,7 +21,7 @@ MEMORY_IMPLS = ("reference", "fast")
 
 @dataclass
 class PMNetConfig:
-    """Shapes and switches of a PMNet model (MODEL.md sections 2-6)."""
+    """Shapes and switches of a PMNet model (docs/model.md sections 2-6)."""
 
     hidden_size: int = 512
     "d: width of the residual stream."
@@ -133,7 +133,7 @@ class PMNetConfig:
         return errs
 
     def num_parameters(self) -> int:
-        """Analytic parameter count, tied head counted once (MODEL.md section 6)."""
+        """Analytic parameter count, tied head counted once (docs/model.md section 6)."""
         d, m, n, r = self.hidden_size, self.memory_size, self.num_memory, self.num_memory_read_heads
         hw = self.attn_width
         attn = 3 * d * hw + hw * d + 2 * self.head_dim + 2 * d  # q,k,v,o + q/k norms + 2 layer norms

@@ -3,7 +3,7 @@
 Every matrix product is counted at its real shape as 2 * m * n * k. Elementwise work
 (norms, sin/cos, softmax, the scan) is not counted, as is usual for MFU. The memory read
 projection Wkv runs on each of the N slots of every byte, which is why PMNet's cost is
-far above 6 x params (MODEL.md section 6).
+far above 6 x params (docs/model.md section 6).
 
 Attention counts the keys a query really sees: with ``seq_len`` = T from a fresh stream,
 query t sees min(t + 1, W) keys; with ``seq_len=None`` (a long stream, state carried)
@@ -39,7 +39,7 @@ def forward_flops_breakdown(
 ) -> dict[str, float]:
     """Forward matmul FLOPs per byte by component (the sum is ``forward_flops_per_byte``).
 
-    ``implementation="model"`` counts the model as MODEL.md defines it: the whole read
+    ``implementation="model"`` counts the model as docs/model.md defines it: the whole read
     projection Wkv (keys and values) on each of the N slots of every byte; this is the
     count for MFU and the one ``PMNetConfig.flops_per_byte`` reports. ``"fast"`` counts the
     products the fast path (``fused.read_core``) actually runs: the value half of Wkv is

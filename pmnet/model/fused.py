@@ -12,7 +12,7 @@ Whether a model runs the compiled cores is the model's switch
 (``PMNetForCausalLM.compile_memory_cores``), read by its memory modules; the compiled
 functions themselves are made once per process (:func:`cores`) and shared by all models.
 
-Math is MODEL.md sections 3-4, unchanged; three rewrites make it cheap:
+Math is docs/model.md sections 3-4, unchanged; three rewrites make it cheap:
 
 * Scores never materialise [B, T, R, N, M]: eager, through
   ``sum_j cos(q_j - k_j) = cos q . cos k + sin q . sin k`` as matmuls
@@ -161,7 +161,7 @@ def read_core(
     eps: float,
     heads: int,
 ) -> Tensor:
-    """Memory read (MODEL.md section 4) from the slot features of :func:`level_core`.
+    """Memory read (docs/model.md section 4) from the slot features of :func:`level_core`.
 
     h [B, T, d], feats [B, T, N, 2M] (``[sin phi, cos phi]`` in the weights' dtype) -> [B, T, d].
     """
@@ -222,7 +222,7 @@ def write_core(
     bo: Tensor,
     eps: float,
 ) -> tuple[Tensor, Tensor]:
-    """Dense part of a write (MODEL.md section 3): (write softmax s [B, T, N], delta [B, T, N, M]) fp32.
+    """Dense part of a write (docs/model.md section 3): (write softmax s [B, T, N], delta [B, T, N, M]) fp32.
 
     The write sees ``phi = Phi + E_k[g]`` (phase [B, T, N, M] fp32, anchor the same shape or None),
     added here so that the sum never round-trips through memory.

@@ -1,4 +1,4 @@
-"""The released checkpoint format (MODEL.md section 7): ``config.json`` + safetensors + tokenizer files.
+"""The released checkpoint format (docs/model.md section 7): ``config.json`` + safetensors + tokenizer files.
 
 Import (:func:`load_pretrained`, :func:`read_checkpoint`) takes a folder exactly as
 transformers' ``save_pretrained`` writes the released model: every key of the released
@@ -147,7 +147,7 @@ def save_pretrained(
     from safetensors.torch import save_file
 
     sd = model_or_state_dict.state_dict() if isinstance(model_or_state_dict, nn.Module) else dict(model_or_state_dict)
-    sd = tie_missing_head(sd, cfg)  # the format lists both keys (MODEL.md section 7)
+    sd = tie_missing_head(sd, cfg)  # the format lists both keys (docs/model.md section 7)
     check_state_dict(sd, cfg, where="save_pretrained")
     if dtype not in _DTYPE_NAMES:
         raise InterchangeError(f"save_pretrained: dtype {dtype}: choose float32, bfloat16 or float16")

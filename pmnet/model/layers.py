@@ -1,6 +1,6 @@
 """Small building blocks of the PMNet backbone: fp32 RMSNorm, RoPE and the SwiGLU MLP.
 
-Shape letters follow MODEL.md (B batch, T bytes, d hidden, H heads, hd head width).
+Shape letters follow docs/model.md (B batch, T bytes, d hidden, H heads, hd head width).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Phasor memory modules: the write (one per level) and the read (every layer).
 
-The modules own the parameters (their names are the interchange keys of MODEL.md
+The modules own the parameters (their names are the interchange keys of docs/model.md
 section 7); the arithmetic lives in ``fused.py`` (the fast cores, pure tensor functions) and,
 as the slow oracle, in ``reference.py``; ``cfg.memory_impl`` picks one. On the fast path a
 module hands its weights to the cores, compiled when its ``compiled_cores`` is set
@@ -11,7 +11,7 @@ Per byte position t the forward carries a group id g_t (level-k group, [B, T] in
 and a phase tensor Phi_t ([B, T, N, M] fp32). A layer of level k sees the angles
 ``phi = Phi + E_k[g]`` (anchors of the byte's current group).
 
-Where MODEL.md leaves a layout open, this is our reading (and the released format's
+Where docs/model.md leaves a layout open, this is our reading (and the released format's
 natural one):
 * slot features are ``[sin phi, cos phi]`` concatenated on the last dim (sin first);
 * the read's ``proj_q`` output [R*M] is R heads of M (head-major), and ``proj_kv``'s

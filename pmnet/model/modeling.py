@@ -1,7 +1,7 @@
-"""PMNet: a Qwen3-style sliding-window decoder with a phasor memory tree (MODEL.md sections 2-5).
+"""PMNet: a Qwen3-style sliding-window decoder with a phasor memory tree (docs/model.md sections 2-5).
 
 ``logits, state = PMNetForCausalLM(cfg)(ids, state)``: state in, new state out, nothing
-hidden. Module names equal the interchange keys of MODEL.md section 7, so
+hidden. Module names equal the interchange keys of docs/model.md section 7, so
 ``model.state_dict()`` is the released checkpoint's key set.
 
 Shape letters: B batch, T bytes, d hidden, H heads, hd head width, W window, N slots,

@@ -1,4 +1,4 @@
-"""Slow, obvious phasor memory (MODEL.md sections 3-4): the test oracles of the fast path.
+"""Slow, obvious phasor memory (docs/model.md sections 3-4): the test oracles of the fast path.
 
 Everything here is written the way the equations read: the phase-space scores through
 explicit differences ``cos(q - key)``, and the per-group recurrence as a plain loop over

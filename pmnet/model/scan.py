@@ -1,6 +1,6 @@
 """Per-group inclusive prefix sum of phase increments in fp32, with static shapes (compilable).
 
-MODEL.md section 3: ``S_t = carried[g_t] + sum_{tau <= t, g_tau == g_t} delta_tau  (mod 2 pi)``.
+docs/model.md section 3: ``S_t = carried[g_t] + sum_{tau <= t, g_tau == g_t} delta_tau  (mod 2 pi)``.
 
 ``reference.segmented_prefix_sum`` (the oracle) does this with one fp64 cumsum over the whole
 (group-sorted) sequence: partial sums grow to T x pi, so fp32 would lose about 1e-3 rad at

@@ -1,4 +1,4 @@
-"""The explicit streaming state of PMNet (MODEL.md section 5).
+"""The explicit streaming state of PMNet (docs/model.md section 5).
 
 A stream longer than one chunk is fed as consecutive calls
 ``logits, state = model(chunk, state)``. Everything the next chunk needs is in a

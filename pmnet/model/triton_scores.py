@@ -4,7 +4,7 @@ Both memory modules score a query against the N slots of a byte's group as
 
     score[p, r, n] = sum_j cos(q[p, r, j] - pi * tanh(k_pre[p, n, r*M + j]))
 
-(MODEL.md sections 3-4: the write with R = 1, the read with R heads). ``k_pre`` is the key
+(docs/model.md sections 3-4: the write with R = 1, the read with R heads). ``k_pre`` is the key
 projection's output (bf16 in training, [P, N, R*M]: the largest tensor of the model, 1 GiB per
 read layer of the 119M model at 65,536 bytes). Compiled by inductor, the forward, the
 backward of the cosine and the backward of the tanh were three kernels bound by accurate

@@ -4,7 +4,7 @@
   interchange CKPT --out DIR
                          DeepSpeed checkpoint (ZeRO 0-3, any ranks; a step directory or a run
                          directory = its newest valid checkpoint) -> config.json (the released
-                         model's key set) + safetensors + byte-tokenizer files (MODEL.md
+                         model's key set) + safetensors + byte-tokenizer files (docs/model.md
                          section 7), streamed: peak RAM far below one fp32 model copy;
                          a progress bar of the bytes written on a terminal (stderr).
   universal CKPT         add CKPT/universal (DeepSpeed universal checkpoint) so the run resumes

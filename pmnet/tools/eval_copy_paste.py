@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Copy-paste accuracy by copy length N for one or more checkpoints (MODEL.md section 8).
+"""Copy-paste accuracy by copy length N for one or more checkpoints (docs/model.md section 8).
 
     python tools/eval_copy_paste.py CKPT [CKPT ...] [--labels pmnet no-memory]
         [--edges 0,128,...,2048] [--samples 64] [--out DIR]

@@ -5,7 +5,7 @@ sees it, so a single plain ``python -m pmnet.train`` works without mpi4py (DeepS
 fallback when RANK/WORLD_SIZE/... are missing). DeepSpeed then only wraps the existing
 group. We also switch off DeepSpeed's shared-memory CPU all-reduce op: it serves only
 tensor-parallel inference, costs a ~25 s C++ build on a cold machine and leaves 66 MB per
-rank in /dev/shm that nothing removes (FACTS.md). DeepSpeed documents
+rank in /dev/shm that nothing removes (docs/dependencies.md section 2). DeepSpeed documents
 ``deepspeed.ops.__compatible_ops__`` as a cached dict whose edits persist; marking the op
 incompatible makes ``build_shm_op`` return None and the comm falls back to plain gloo.
 """

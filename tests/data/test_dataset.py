@@ -84,7 +84,7 @@ def run_ranks(
             for p, _ in procs:
                 p.kill()
             raise
-        # A flaky exit must be visible, not retried (FACTS.md): any non-zero exit fails the test.
+        # A flaky exit must be visible, not retried (docs/dependencies.md section 2): any non-zero exit fails the test.
         assert proc.returncode == 0, f"{tag}: rank exited {proc.returncode}: {err[-2000:]}"
         results.append(json.loads(out.read_text()))
     return results

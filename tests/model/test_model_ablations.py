@@ -14,7 +14,7 @@ from tests.model.model_helpers import build, random_ids, three_level_cfg, tiny_c
 
 
 def _plain_swa_logits(sd: dict[str, torch.Tensor], cfg, ids: torch.Tensor) -> torch.Tensor:
-    """A sliding-window Qwen3-style decoder written straight from MODEL.md section 2 (no PMNet code)."""
+    """A sliding-window Qwen3-style decoder written straight from docs/model.md section 2 (no PMNet code)."""
 
     def rms(x, w):
         return w * (x / torch.sqrt((x * x).mean(-1, keepdim=True) + cfg.rms_norm_eps))

@@ -14,7 +14,7 @@ from pmnet.model.flops import mean_keys_seen
 @pytest.mark.parametrize("impl", ["reference", "fast"])
 @pytest.mark.parametrize(("preset", "seq_len"), [("tiny", 48), ("pmnet_119m", 64), ("pmnet_30m", 64)])
 def test_analytic_flops_match_flop_counter(preset: str, seq_len: int, impl: str) -> None:
-    # The reference path runs the model as MODEL.md defines it (Wkv on every slot); its scores
+    # The reference path runs the model as docs/model.md defines it (Wkv on every slot); its scores
     # and slot sums are elementwise, which the analytic "model" count includes as dot products
     # (under 0.5% of the total). The fast path runs its own products ("fast" count).
     # Eager attention with the dense window multiplies all T x T scores, hence dense_attention=True; the meta

@@ -1,4 +1,4 @@
-"""Interchange format (MODEL.md section 7): exact round trip, exact key set, one-line refusals."""
+"""Interchange format (docs/model.md section 7): exact round trip, exact key set, one-line refusals."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ CONFIG_KEYS = {
 
 
 def _expected_keys(cfg: PMNetConfig) -> set[str]:
-    """The key list of MODEL.md section 7, spelled out independently of the model code."""
+    """The key list of docs/model.md section 7, spelled out independently of the model code."""
     keys = {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"}
     keys |= {f"model.memory_embeddings.{k}" for k in range(cfg.num_levels)}
     for i in range(cfg.num_hidden_layers):

@@ -48,7 +48,7 @@ def test_zero_stage_trains_on_two_cpu_ranks(shards: Path, tmp_path: Path, stage:
     res = run_launch(pretrain_cmd("configs/demo.yaml", ov, "--cpu-ranks", "2", "--master-port", str(port)),
                      launch_env(TORCH_EXTENSIONS_DIR=str(ext)))  # fmt: skip
     assert res.rc == 0, res.explain()
-    # DeepSpeed's shared-memory all-reduce op is neither built nor left in /dev/shm (FACTS.md)
+    # DeepSpeed's shared-memory all-reduce op is neither built nor left in /dev/shm (docs/dependencies.md section 2)
     assert not (ext.exists() and any(ext.rglob("*shm*"))), sorted(ext.rglob("*"))
     assert not list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer*{port}*"))
     run = tmp_path / f"z{stage}"
