@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from data_pipeline.verify import verify_shards
 from pmnet.checkpoint.manifest import (
     CONFIG,
     MANIFEST,
@@ -393,11 +394,6 @@ def audit_checkpoint(path: str | Path, *, verify_hashes: bool = True, verify_dat
 
 
 def _verify_data(cfg: dict[str, Any], report: AuditReport) -> None:
-    try:
-        from data_pipeline.verify import verify_shards
-    except ImportError:
-        report.add("data_shards", [], "data_pipeline.verify not available: skipped")
-        return
     problems = []
     streams = (cfg.get("data") or {}).get("streams") or []
     for s in streams:

@@ -54,7 +54,7 @@ __all__ = [
     "make_universal",
     "parse_size",
     "plan_deepspeed",
-    "resolve_checkpoint",
+    "step_dir_of",
     "verification_problem",
 ]
 
@@ -126,7 +126,7 @@ def parse_size(text: str | int) -> int:
     return int(float(m.group(1)) * base**power)
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
+def step_dir_of(path: str | Path) -> Path:
     """A checkpoint directory from a step directory or a run directory (its newest valid checkpoint)."""
     p = Path(path)
     if not p.is_dir():
@@ -454,7 +454,7 @@ def convert_to_interchange(
     if dt is None:
         raise CheckpointError(f"dtype {dtype!r}: choose fp32 or bf16")
     limit = parse_size(max_shard_size)
-    ckpt = resolve_checkpoint(ckpt_dir)
+    ckpt = step_dir_of(ckpt_dir)
     out = Path(out_dir)
     if out.exists() and not force:
         raise CheckpointError(f"{out}: already exists (pass --force to replace it)")
@@ -549,7 +549,7 @@ def _replace_dir(tmp: Path, out: Path) -> None:
 
 def make_universal(ckpt_dir: str | Path, *, workers: int = 2, force: bool = False) -> Path:
     """Add ``universal/`` (DeepSpeed universal checkpoint) to a checkpoint and re-write its manifest."""
-    ckpt = resolve_checkpoint(ckpt_dir)
+    ckpt = step_dir_of(ckpt_dir)
     dest = ckpt / "universal"
     if dest.exists() and not force:
         raise CheckpointError(f"{dest}: already exists (pass --force to rebuild it)")

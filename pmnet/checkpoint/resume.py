@@ -95,9 +95,9 @@ def check_elastic(
     the global batch must also split into whole micro batches on the new ranks. Raises
     CheckpointError (one line) when a given setting breaks that; returns the explanation.
     """
-    from pmnet.checkpoint.convert import resolve_checkpoint
+    from pmnet.checkpoint.convert import step_dir_of
 
-    ckpt = resolve_checkpoint(ckpt_dir)
+    ckpt = step_dir_of(ckpt_dir)
     meta = read_json(ckpt / META) if (ckpt / META).is_file() else {}
     cfg = _yaml(ckpt / CONFIG) if (ckpt / CONFIG).is_file() else {}
     train, data = cfg.get("train") or {}, cfg.get("data") or {}

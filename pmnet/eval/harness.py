@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from pmnet.eval.cli import run_cli
 from pmnet.eval.generate import generate
-from pmnet.eval.loading import load_model, pick_device
+from pmnet.eval.loading import eval_device, load_model
 from pmnet.model.state import PMNetState
 
 __all__ = ["PMNetLM", "main"]
@@ -82,7 +82,7 @@ class PMNetLM(LM):
         if device and device.startswith("cuda") and not torch.cuda.is_available():
             LOG.warning("pmnet: --device %s but no CUDA GPU is visible; running on the CPU", device)
             device = "cpu"
-        self._device = pick_device(device or "auto")
+        self._device = eval_device(device or "auto")
         self.model, self.cfg = load_model(pretrained, device=self._device, dtype=dtype, compile=_as_bool(compile))
         self.chunk_bytes = int(chunk_bytes)
         self.max_gen_bytes = int(max_gen_bytes)

@@ -20,7 +20,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["EvalError", "load_model", "resolve_checkpoint", "make_variant", "pick_device", "ABLATIONS"]
+from pmnet.checkpoint.convert import convert_to_interchange
+
+__all__ = ["EvalError", "load_model", "interchange_dir", "make_variant", "eval_device", "ABLATIONS"]
 
 ABLATIONS = ("no-recurrence", "no-memory", "zero-root", "zero-leaves", "zero-all")
 """Names of the eval-time ablations (docs/model.md section 3): used by --compare and in labels."""
@@ -36,7 +38,7 @@ class EvalError(RuntimeError):
 _COMPILED: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
 
 
-def pick_device(name: str) -> torch.device:
+def eval_device(name: str) -> torch.device:
     """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is an error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -51,7 +53,7 @@ def _is_interchange(path: Path) -> bool:
     )
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
+def interchange_dir(path: str | Path) -> Path:
     """An interchange directory for ``path``; a run / DeepSpeed checkpoint is converted to a temp dir.
 
     A run directory resolves to its newest valid checkpoint (``pmnet.checkpoint.convert`` decides
@@ -64,13 +66,6 @@ def resolve_checkpoint(path: str | Path) -> Path:
         raise EvalError(f"checkpoint {p} is not a directory (expected config.json + model.safetensors)")
     if _is_interchange(p):
         return p
-    try:
-        from pmnet.checkpoint.convert import convert_to_interchange
-    except ImportError:
-        raise EvalError(
-            f"{p} is not an interchange directory (config.json + model.safetensors); "
-            f"convert it first with tools/convert_checkpoint.py"
-        ) from None
     tmp = tempfile.mkdtemp(prefix="pmnet_eval_")
     atexit.register(shutil.rmtree, tmp, True)  # the converted copy lives only as long as this process
     out = Path(tmp) / "interchange"
@@ -108,7 +103,7 @@ def load_model(
     if attn_backend is None:
         # flex (block-sparse sliding window) on GPU; sdpa computes the same on CPU, where flex cannot run
         attn_backend = "flex" if device.type == "cuda" else "sdpa"
-    ckpt = resolve_checkpoint(path)
+    ckpt = interchange_dir(path)
     try:
         model, cfg = load_pretrained(ckpt, attn_backend=attn_backend, attn_window=attn_window)
     except (InterchangeError, ValueError, KeyError, OSError) as err:

@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from pmnet.eval import copy_paste as cp
-    from pmnet.eval.loading import EvalError, load_model, pick_device
+    from pmnet.eval.loading import EvalError, eval_device, load_model
 
     edges = cp.parse_edges(args.edges)
     if not args.ckpts and not args.merge:
@@ -85,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     clash = sorted({r.label for r in merged} & set(labels))
     if clash:
         raise EvalError(f"--merge: model name(s) {clash} appear in a CSV and among the checkpoints")
-    device = pick_device(args.device)
+    device = eval_device(args.device)
     results: list[cp.BucketResult] = []
     receptive_fields = set()
     for ckpt, label in zip(args.ckpts, labels):

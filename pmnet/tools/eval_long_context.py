@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from pmnet.eval import long_context as lc
-    from pmnet.eval.loading import ABLATIONS, EvalError, load_model, pick_device
+    from pmnet.eval.loading import ABLATIONS, EvalError, eval_device, load_model
 
     for abl in args.compare:
         if abl not in ABLATIONS:
@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     books, notes = lc.read_books(args.books, args.max_bytes, args.max_books)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
-    device = pick_device(args.device)
+    device = eval_device(args.device)
     model, cfg = load_model(
         args.ckpt,
         device=device,

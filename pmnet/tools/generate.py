@@ -48,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tqdm import tqdm
 
     from pmnet.eval.generate import generate
-    from pmnet.eval.loading import EvalError, load_model, pick_device
+    from pmnet.eval.loading import EvalError, eval_device, load_model
 
     if args.new_bytes < 0:
         raise EvalError(f"--new-bytes {args.new_bytes}: must be >= 0")
@@ -59,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise EvalError(f"--prompt-file: {err.strerror}: {args.prompt_file}") from None
     else:
         prompt = args.prompt
-    device = pick_device(args.device)
+    device = eval_device(args.device)
     model, _ = load_model(
         args.ckpt,
         device=device,

@@ -11,7 +11,6 @@ steps exits 3; a rendezvous port taken by another process exits 98 (EADDRINUSE).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
@@ -52,15 +51,12 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [ConfigError]
-    for module, name in (
-        ("data_pipeline.errors", "DataPipelineError"),
-        ("pmnet.model", "InterchangeError"),
-        ("pmnet.train.checkpoint", "CheckpointError"),
-    ):
-        with contextlib.suppress(ImportError, AttributeError):
-            errors.append(getattr(__import__(module, fromlist=[name]), name))
-    return tuple(errors)
+    """Exceptions that mean a user mistake (one error line, exit 2), not a bug."""
+    from data_pipeline.errors import DataPipelineError
+    from pmnet.model import InterchangeError
+    from pmnet.train.checkpoint import CheckpointError
+
+    return (ConfigError, DataPipelineError, InterchangeError, CheckpointError)
 
 
 def dry_run(cfg: Config, world_size: int, preflight_notes: list[str] | None = None) -> str:

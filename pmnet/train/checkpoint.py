@@ -62,6 +62,7 @@ from pmnet.checkpoint.manifest import find_latest_valid as _find_latest_valid
 from pmnet.checkpoint.safeload import UnsafeCheckpointError, restricted_torch_load
 from pmnet.checkpoint.version import code_version
 from pmnet.model.config import WEIGHT_SHAPE_FIELDS
+from pmnet.train.distributed import all_gather_object, rank_and_world
 
 __all__ = [
     "CheckpointError",
@@ -94,36 +95,9 @@ class LoadedCheckpoint:
         return int(self.meta.get("step", self.trainer_state.get("step", 0)))
 
 
-# ---------------------------------------------------------------- distributed helpers
-def _dist() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
-def _gather(obj: Any) -> list[Any]:
-    """All-gather a picklable object (a list with one entry per rank)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return [obj]
-    out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
 def _agree(error: str | None) -> None:
     """Every rank learns whether any rank failed; all then raise the first error (no rank hangs)."""
-    errors = [e for e in _gather(error) if e]
+    errors = [e for e in all_gather_object(error) if e]
     if errors:
         raise CheckpointError(errors[0])
 
@@ -249,7 +223,7 @@ def save_checkpoint(
     """Write a complete checkpoint of ``engine`` at ``step`` (every rank calls); returns its final path."""
     from pmnet.config import dump_config
 
-    rank, world = _dist()
+    rank, world = rank_and_world()
     root = checkpoints_root(run_dir)
     final_name = step_name(step)
     tmp_name = TMP_PREFIX + final_name
@@ -299,12 +273,12 @@ def save_checkpoint(
     err, part = None, {}
     # rank 0's listing is the one every rank works from (another node's view of a shared
     # filesystem may lag), and the manifest is checked against it below
-    files = _gather(list_files(tmp) if rank == 0 else None)[0]
+    files = all_gather_object(list_files(tmp) if rank == 0 else None)[0]
     try:
         part = hash_files(tmp, files[rank::world], fsync=True)
     except OSError as e:
         err = f"rank {rank}: hashing {tmp}: {e}"
-    parts = _gather((err, part))
+    parts = all_gather_object((err, part))
     _agree(next((e for e, _ in parts if e), None))
 
     err = None
@@ -475,7 +449,7 @@ def load_checkpoint(
     (mosaicml-streaming's elastic resumption needs the same one to continue the stream exactly).
     """
     ckpt = Path(ckpt_dir).resolve()
-    rank, world = _dist()
+    rank, world = rank_and_world()
     if not (ckpt / MANIFEST).is_file():
         raise CheckpointError(f"{ckpt}: not a finished checkpoint ({MANIFEST} missing)")
     meta = read_json(ckpt / META)

@@ -16,6 +16,7 @@ import os
 import socket
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -137,3 +138,19 @@ def barrier() -> None:
     """A barrier when a group exists."""
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of the process group, or (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (picklable), one entry per rank; ``[obj]`` without a process group."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from data_pipeline.shm import clean_stale_shared_memory
 from pmnet.config import Config, ConfigError, save_config
 from pmnet.model.config import WEIGHT_SHAPE_FIELDS
 from pmnet.train.distributed import DistEnv, barrier
@@ -159,14 +160,9 @@ def load_init_weights(model: torch.nn.Module, cfg: Config) -> None:
 def _clean_stale_shm(env: DistEnv) -> None:
     """Remove /dev/shm entries of killed streaming runs (local rank 0 of each node), then sync."""
     if env.local_rank == 0:
-        try:
-            from data_pipeline.shm import clean_stale_shared_memory
-
-            removed = clean_stale_shared_memory()
-            if removed:
-                LOG.info(f"removed {len(removed)} stale shared-memory entries of killed runs")
-        except ImportError:
-            pass
+        removed = clean_stale_shared_memory()
+        if removed:
+            LOG.info(f"removed {len(removed)} stale shared-memory entries of killed runs")
     barrier()
 
 
