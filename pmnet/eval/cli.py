@@ -13,6 +13,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from pmnet.cli import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE
 
@@ -38,6 +39,20 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--compile", action="store_true", help="torch.compile the fast path (CUDA; worth it for long streams)"
+    )
+
+
+def load_model_from_args(ckpt: str, args: argparse.Namespace) -> tuple[Any, Any]:
+    """:func:`~pmnet.eval.loading.load_model` of ``ckpt`` with the flags of :func:`add_model_args`."""
+    from pmnet.eval.loading import eval_device, load_model
+
+    return load_model(
+        ckpt,
+        device=eval_device(args.device),
+        dtype=args.dtype,
+        attn_backend=args.attn_backend,
+        attn_window=args.attn_window,
+        compile=args.compile,
     )
 
 

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pmnet.eval.cli import add_model_args, run_cli
+from pmnet.eval.cli import add_model_args, load_model_from_args, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from pmnet.eval import copy_paste as cp
-    from pmnet.eval.loading import EvalError, eval_device, load_model
+    from pmnet.eval.loading import EvalError, eval_device
 
     edges = cp.parse_edges(args.edges)
     if not args.ckpts and not args.merge:
@@ -89,14 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: list[cp.BucketResult] = []
     receptive_fields = set()
     for ckpt, label in zip(args.ckpts, labels):
-        model, cfg = load_model(
-            ckpt,
-            device=device,
-            dtype=args.dtype,
-            attn_backend=args.attn_backend,
-            attn_window=args.attn_window,
-            compile=args.compile,
-        )
+        model, cfg = load_model_from_args(ckpt, args)
         receptive_fields.add(cfg.receptive_field)
         print(f"evaluating {label} ({ckpt}) on {device}", file=sys.stderr)
         res = cp.evaluate_copy_paste(

@@ -18,7 +18,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from pmnet.eval.cli import add_model_args, run_cli
+from pmnet.eval.cli import add_model_args, load_model_from_args, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from pmnet.eval import long_context as lc
-    from pmnet.eval.loading import ABLATIONS, EvalError, eval_device, load_model
+    from pmnet.eval.loading import ABLATIONS, EvalError, eval_device
 
     for abl in args.compare:
         if abl not in ABLATIONS:
@@ -78,14 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     device = eval_device(args.device)
-    model, cfg = load_model(
-        args.ckpt,
-        device=device,
-        dtype=args.dtype,
-        attn_backend=args.attn_backend,
-        attn_window=args.attn_window,
-        compile=args.compile,
-    )
+    model, cfg = load_model_from_args(args.ckpt, args)
     common = dict(max_bytes=args.max_bytes, chunk_bytes=args.chunk_bytes, batch_size=args.batch_size, progress=True)
     print(
         f"evaluating {len(books)} book(s) x {args.max_bytes:,} bytes on {device} ({args.dtype}), chunks of {args.chunk_bytes:,}",

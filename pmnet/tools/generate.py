@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pmnet.cli import add_alias
-from pmnet.eval.cli import add_model_args, run_cli
+from pmnet.eval.cli import add_model_args, load_model_from_args, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tqdm import tqdm
 
     from pmnet.eval.generate import generate
-    from pmnet.eval.loading import EvalError, eval_device, load_model
+    from pmnet.eval.loading import EvalError
 
     if args.new_bytes < 0:
         raise EvalError(f"--new-bytes {args.new_bytes}: must be >= 0")
@@ -59,15 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise EvalError(f"--prompt-file: {err.strerror}: {args.prompt_file}") from None
     else:
         prompt = args.prompt
-    device = eval_device(args.device)
-    model, _ = load_model(
-        args.ckpt,
-        device=device,
-        dtype=args.dtype,
-        attn_backend=args.attn_backend,
-        attn_window=args.attn_window,
-        compile=args.compile,
-    )
+    model, _ = load_model_from_args(args.ckpt, args)
     out = sys.stdout
     if not args.no_prompt_echo:
         out.write(prompt)
