@@ -21,6 +21,8 @@ from typing import Any
 import torch
 
 from pmnet.checkpoint.convert import convert_to_interchange
+from pmnet.model import InterchangeError, PMNetForCausalLM, load_pretrained
+from pmnet.model.compiled import compile_fast_path
 
 __all__ = ["EvalError", "load_model", "interchange_dir", "make_variant", "eval_device", "ABLATIONS"]
 
@@ -95,8 +97,6 @@ def load_model(
     does not store it); ``attn_window`` is the eager/sdpa window layout (blocked: O(T x W),
     dense: the reference mask); ``dtype`` is fp32 or bf16 (the model keeps its phase math in fp32).
     """
-    from pmnet.model import InterchangeError, load_pretrained
-
     if dtype not in _DTYPES:
         raise EvalError(f"--dtype {dtype!r}: choose fp32 or bf16")
     device = torch.device(device)
@@ -112,8 +112,6 @@ def load_model(
     if compile:
         if device.type != "cuda":
             raise EvalError("--compile needs a CUDA device")
-        from pmnet.model.compiled import compile_fast_path
-
         compile_fast_path(model)
         _COMPILED.add(model)  # ablated variants built from it get compiled too
     return model, cfg
@@ -125,8 +123,6 @@ def make_variant(model: torch.nn.Module, cfg: Any, **changes: Any) -> tuple[torc
     Turning memory off drops the memory weights (reads and writes are skipped); any other
     missing or unexpected weight is an error, so a variant never runs half-initialised.
     """
-    from pmnet.model import PMNetForCausalLM
-
     new_cfg = dataclasses.replace(cfg, **changes)
     param = next(model.parameters())
     variant = PMNetForCausalLM(new_cfg)  # random init is overwritten below; costs seconds at 119M
@@ -139,8 +135,6 @@ def make_variant(model: torch.nn.Module, cfg: Any, **changes: Any) -> tuple[torc
         raise EvalError(f"variant {changes} has no place for weights {bad[:3]}")
     variant = variant.to(device=param.device, dtype=param.dtype).eval()
     if model in _COMPILED:
-        from pmnet.model.compiled import compile_fast_path
-
         compile_fast_path(variant)
         _COMPILED.add(variant)
     return variant, new_cfg

@@ -17,7 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from pmnet.eval.cli import run_cli
 from pmnet.eval.loading import EvalError
+from pmnet.eval.long_context import format_table
+from pmnet.eval.plotting import _plt
 
 TAGS = ("train/loss", "train/grad_norm")
 
@@ -47,9 +50,6 @@ def read_scalars(run_dir: str | Path, tags: Sequence[str] = TAGS) -> dict[str, t
 
 def summarise(runs: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], out_dir: str | Path) -> str:
     """Write ``train_curves.csv`` / ``train_curves.png``; return the grad-norm table (markdown)."""
-    from pmnet.eval.long_context import format_table
-    from pmnet.eval.plotting import _plt
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "train_curves.csv", "w", newline="") as fh:
@@ -114,6 +114,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from pmnet.eval.cli import run_cli
-
     sys.exit(run_cli(main))

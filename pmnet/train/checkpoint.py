@@ -45,6 +45,7 @@ from pmnet.checkpoint.manifest import (
     CheckpointError,
     CheckpointInfo,
     atomic_write_text,
+    check_checkpoint,
     checkpoints_root,
     fsync_dir,
     hash_files,
@@ -59,8 +60,10 @@ from pmnet.checkpoint.manifest import (
     write_latest,
 )
 from pmnet.checkpoint.manifest import find_latest_valid as _find_latest_valid
-from pmnet.checkpoint.safeload import UnsafeCheckpointError, restricted_torch_load
+from pmnet.checkpoint.ptread import PtReadError
+from pmnet.checkpoint.safeload import UnsafeCheckpointError, pickle_files, restricted_torch_load, scan_pickles
 from pmnet.checkpoint.version import code_version
+from pmnet.config import dump_config
 from pmnet.model.config import WEIGHT_SHAPE_FIELDS
 from pmnet.train.distributed import all_gather_object, rank_and_world
 
@@ -221,8 +224,6 @@ def save_checkpoint(
     keep_every: int,
 ) -> Path:
     """Write a complete checkpoint of ``engine`` at ``step`` (every rank calls); returns its final path."""
-    from pmnet.config import dump_config
-
     rank, world = rank_and_world()
     root = checkpoints_root(run_dir)
     final_name = step_name(step)
@@ -320,8 +321,6 @@ def apply_retention(
     every multiple of ``keep_every``, the one ``latest`` names and ``protect``. Also removes stale temporary
     directories (and those of a universal conversion that crashed over 6 hours ago), and checkpoints of later steps than ``current`` that are not valid (left by an abandoned
     attempt, e.g. the corrupt one a resume skipped); valid later ones are left alone. Returns deleted names."""
-    from pmnet.checkpoint.manifest import check_checkpoint
-
     root = Path(root)
     keep = set(protect or ())
     latest = read_latest(root)
@@ -404,9 +403,6 @@ def _check_shapes(ckpt: Path, meta: dict[str, Any], saved_cfg: dict[str, Any], e
 
 def _unsafe_reason(ckpt: Path) -> str | None:
     """None when every pickle under ``ckpt`` passes the allowlist, else the one-line refusal."""
-    from pmnet.checkpoint.ptread import PtReadError
-    from pmnet.checkpoint.safeload import pickle_files, scan_pickles
-
     try:
         scan_pickles(pickle_files(ckpt))
     except PtReadError as err:

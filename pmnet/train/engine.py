@@ -25,6 +25,9 @@ from torch import nn
 
 from pmnet.config import Config, OptimConfig
 from pmnet.families import FAMILIES, param_family
+from pmnet.model import PMNetForCausalLM
+from pmnet.model.compiled import compile_fast_path
+from pmnet.model.memory import PhasorMemoryRead, PhasorMemoryWrite
 from pmnet.train.distributed import DistEnv, all_reduce_max
 
 __all__ = [
@@ -153,16 +156,12 @@ def build_model(cfg: Config, ds_config: dict[str, Any]) -> nn.Module:
     """The model; under ZeRO-3 built inside ``deepspeed.zero.Init`` so no rank holds it whole."""
     import deepspeed
 
-    from pmnet.model import PMNetForCausalLM
-
     torch.manual_seed(cfg.train.seed)
     with deepspeed.zero.Init(config_dict_or_path=ds_config, enabled=cfg.deepspeed.zero_stage == 3):
         model = PMNetForCausalLM(cfg.model)
     model.set_activation_checkpointing(cfg.train.activation_checkpointing)
     if cfg.train.compile and cfg.train.device != "cpu" and torch.cuda.is_available():
         # shared compiled graphs for all layers + compiled memory cores (pmnet/model/compiled.py)
-        from pmnet.model.compiled import compile_fast_path
-
         compile_fast_path(model)
     if cfg.deepspeed.zero_stage == 3 and cfg.model.use_memory:
         # The fused memory paths read their sub-modules' weights directly (norm.weight, proj_*.weight)
@@ -170,8 +169,6 @@ def build_model(cfg: Config, ds_config: dict[str, Any]) -> nn.Module:
         # forward instead of hooking each child. The write returns a NamedTuple (WriteResult), whose
         # tensors ZeRO-3 finds like those of any tuple.
         from deepspeed.utils import set_z3_leaf_modules
-
-        from pmnet.model.memory import PhasorMemoryRead, PhasorMemoryWrite
 
         set_z3_leaf_modules(model, [PhasorMemoryRead, PhasorMemoryWrite])
     return model

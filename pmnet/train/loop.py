@@ -22,7 +22,10 @@ from typing import Any
 
 import torch
 
+from pmnet.checkpoint.version import code_version
 from pmnet.config import Config
+from pmnet.model import lm_loss
+from pmnet.train.checkpoint import restore_rng_state
 from pmnet.train.distributed import DistEnv, all_reduce_sum
 from pmnet.train.engine import FAMILIES, GuardedAdamW, accumulation_steps, lr_at, param_family, set_lr
 from pmnet.train.metrics import LOG
@@ -134,8 +137,6 @@ class Trainer:
     # ---- one optimizer step ------------------------------------------------
     def chunk_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The training loss of one chunk (a hook may wrap it for a step: the tests inject NaNs so)."""
-        from pmnet.model import lm_loss
-
         return lm_loss(logits, targets, ignore_index=self.cfg.model.pad_token_id)
 
     def _family_norms(self) -> dict[str, float]:
@@ -268,8 +269,6 @@ class Trainer:
         """
         if self.pending_rng is None:
             return
-        from pmnet.train.checkpoint import restore_rng_state
-
         restore_rng_state(self.pending_rng)
         self.pending_rng = None
 
@@ -292,8 +291,6 @@ class Trainer:
     # ---- checkpoint contents -------------------------------------------------
     def trainer_state(self) -> dict[str, Any]:
         """Everything besides engine and data that a resume needs, plus facts for audits."""
-        from pmnet.checkpoint.version import code_version
-
         t = self.cfg.train
         return {
             **asdict(self.state),

@@ -14,9 +14,13 @@ from typing import Any
 
 import torch
 
+from data_pipeline.copy_paste import build_copy_paste_dataloader
+from data_pipeline.dataset import build_train_dataloader, build_val_dataloader
 from data_pipeline.shm import clean_stale_shared_memory
 from pmnet.config import Config, ConfigError, save_config
+from pmnet.model import InterchangeError, check_state_dict, read_checkpoint
 from pmnet.model.config import WEIGHT_SHAPE_FIELDS
+from pmnet.train.checkpoint import find_latest_valid, load_checkpoint
 from pmnet.train.distributed import DistEnv, barrier
 from pmnet.train.engine import build_engine, build_model, deepspeed_config
 from pmnet.train.hooks import CheckpointHook, EvalHook, MetricsHook
@@ -110,8 +114,6 @@ def seed_everything(seed: int) -> None:
 
 
 def _resumable(run_dir: Path) -> Path | None:
-    from pmnet.train.checkpoint import find_latest_valid
-
     return find_latest_valid(run_dir)
 
 
@@ -121,8 +123,6 @@ def resume(trainer: Trainer, ckpt: Path) -> None:
     ``load_checkpoint`` refuses a changed model shape or global batch in one line. The RNG states
     are installed once more at the first step boundary (``Trainer.fit``), where they were captured.
     """
-    from pmnet.train.checkpoint import load_checkpoint
-
     loaded = load_checkpoint(trainer.engine, ckpt, load_optimizer=True, expected_config=trainer.cfg)
     trainer.state.load(loaded.trainer_state or {})
     trainer.pending_rng = loaded.rng
@@ -134,8 +134,6 @@ def resume(trainer: Trainer, ckpt: Path) -> None:
 def load_init_weights(model: torch.nn.Module, cfg: Config) -> None:
     """``train.init_from``: interchange weights into the freshly built model (the optimizer starts fresh)."""
     import deepspeed
-
-    from pmnet.model import InterchangeError, check_state_dict, read_checkpoint
 
     path = Path(cfg.train.init_from or "")
     try:
@@ -168,15 +166,9 @@ def _clean_stale_shm(env: DistEnv) -> None:
 
 def _train_loader(cfg: Config) -> Any:
     if cfg.data.task == "copy_paste":
-        from data_pipeline.copy_paste import build_copy_paste_dataloader
-
         return build_copy_paste_dataloader(cfg.data, cfg.train.micro_batch_size)
-    from data_pipeline.dataset import build_train_dataloader
-
     return build_train_dataloader(cfg.data, cfg.train.micro_batch_size)
 
 
 def _val_loader(cfg: Config) -> Any:
-    from data_pipeline.dataset import build_val_dataloader
-
     return build_val_dataloader(cfg.data, cfg.train.micro_batch_size)
