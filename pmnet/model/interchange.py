@@ -231,3 +231,23 @@ def load_pretrained(
     if dtype is not None:
         model.to(dtype=dtype)
     return model, cfg
+
+
+# ``PMNetForCausalLM.from_pretrained(dir)`` / ``model.save_pretrained(dir)``, as transformers users
+# expect. They are attached here, where the file format lives, so that the imports of the model
+# package run one way (this module imports modeling; modeling knows nothing of files).
+def _from_pretrained(cls: type[PMNetForCausalLM], path: str | os.PathLike[str], **kwargs: Any) -> PMNetForCausalLM:
+    """The model of an interchange directory (ours or one transformers saved the released model
+    into); ``kwargs`` as :func:`load_pretrained` (device, dtype, run-time config switches)."""
+    return load_pretrained(path, **kwargs)[0]
+
+
+def _save_pretrained(
+    self: PMNetForCausalLM, out_dir: str | os.PathLike[str], dtype: torch.dtype = torch.float32
+) -> Path:
+    """Write the interchange directory (config.json, model.safetensors, tokenizer files)."""
+    return save_pretrained(self, out_dir, self.config, dtype=dtype)
+
+
+setattr(PMNetForCausalLM, "from_pretrained", classmethod(_from_pretrained))  # noqa: B010
+setattr(PMNetForCausalLM, "save_pretrained", _save_pretrained)  # noqa: B010

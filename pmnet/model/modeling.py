@@ -296,21 +296,6 @@ class PMNetForCausalLM(nn.Module):
         param = self.model.embed_tokens.weight
         return initial_state(self.config, batch_size, param.device if device is None else device, param.dtype)
 
-    @classmethod
-    def from_pretrained(cls, path: str | Any, **kwargs: Any) -> PMNetForCausalLM:
-        """The model of an interchange directory (ours or one transformers saved the released model
-        into); ``kwargs`` as :func:`pmnet.model.interchange.load_pretrained` (device, dtype, run-time
-        config switches). The config is ``model.config``."""
-        from pmnet.model.interchange import load_pretrained
-
-        return load_pretrained(path, **kwargs)[0]
-
-    def save_pretrained(self, out_dir: str | Any, dtype: torch.dtype = torch.float32) -> Any:
-        """Write the interchange directory (config.json, model.safetensors, tokenizer files)."""
-        from pmnet.model.interchange import save_pretrained
-
-        return save_pretrained(self, out_dir, self.config, dtype=dtype)
-
     def forward(
         self,
         ids: Tensor,
