@@ -45,8 +45,7 @@ from transformers.utils import ModelOutput
 
 from pmnet.model.config import PMNetConfig
 from pmnet.model.interchange import AUTO_MAP, MAX_POSITION_EMBEDDINGS, config_from_interchange
-from pmnet.model.layers import RMSNorm
-from pmnet.model.modeling import PMNetModel, initial_state
+from pmnet.model.modeling import PMNetModel, init_module_weights, initial_state
 from pmnet.model.state import PMNetState
 
 __all__ = ["ByteTokenizer", "PMNetCache", "PMNetCausalLMOutput", "PMNetHFConfig", "PMNetHFForCausalLM"]
@@ -182,18 +181,7 @@ class PMNetHFForCausalLM(PreTrainedModel, GenerationMixin):  # type: ignore[misc
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
-        std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-        elif isinstance(module, RMSNorm):
-            nn.init.ones_(module.weight)
-        elif isinstance(module, PMNetModel) and self.pmnet_config.use_memory:
-            for emb in module.memory_embeddings:
-                nn.init.normal_(emb, mean=0.0, std=std)
+        init_module_weights(module, self.config.initializer_range)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.model.embed_tokens

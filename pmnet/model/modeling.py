@@ -89,6 +89,23 @@ class LayerOutput(NamedTuple):
     "What the level's reads take (see :attr:`LayerMemory.level_read`)."
 
 
+@torch.no_grad()
+def init_module_weights(module: nn.Module, std: float) -> None:
+    """The initialisation of one module (not its children): N(0, std) for linear and embedding
+    weights and the memory anchors, zero biases, ones for norms."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, mean=0.0, std=std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, mean=0.0, std=std)
+    elif isinstance(module, RMSNorm):
+        nn.init.ones_(module.weight)
+    elif isinstance(module, AnchorTree):
+        for emb in module:
+            nn.init.normal_(emb, mean=0.0, std=std)
+
+
 class PMNetDecoderLayer(nn.Module):
     """Attention, (write at l % P == 0), read, MLP; each with a pre-norm residual."""
 
@@ -240,19 +257,8 @@ class PMNetForCausalLM(nn.Module):
     def reset_parameters(self) -> None:
         """Re-initialise: N(0, initializer_range) for linears, embedding and anchors; zero biases; ones
         for norms (the constructors already do this; not usable on ZeRO-3 shards)."""
-        std = self.config.initializer_range
         for mod in self.modules():
-            if isinstance(mod, nn.Linear):
-                nn.init.normal_(mod.weight, mean=0.0, std=std)
-                if mod.bias is not None:
-                    nn.init.zeros_(mod.bias)
-            elif isinstance(mod, nn.Embedding):
-                nn.init.normal_(mod.weight, mean=0.0, std=std)
-            elif isinstance(mod, RMSNorm):
-                nn.init.ones_(mod.weight)
-        if self.config.use_memory:
-            for emb in self.model.memory_embeddings:
-                nn.init.normal_(emb, mean=0.0, std=std)
+            init_module_weights(mod, self.config.initializer_range)
         self.tie_weights()
 
     def set_activation_checkpointing(self, enabled: bool) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 
 from data_pipeline.errors import DataPipelineError, ShardVerifyError
 from data_pipeline.manifest import ShardSettings
@@ -110,15 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     if not inputs:
         if not args.verify:
             p.error("give INPUT files, directories or globs (or --verify alone to check an existing --out)")
-        try:
-            verify_output(args.out)
-        except ShardVerifyError as err:
-            print(f"shard_dataset: error: {err}", file=sys.stderr)
-            return EXIT_CHECK_FAILED
-        except DataPipelineError as err:
-            print(f"shard_dataset: error: {err}", file=sys.stderr)
-            return EXIT_USAGE
-        return EXIT_OK
+        return _exit_code(lambda: verify_output(args.out))
 
     settings = ShardSettings(
         sample_bytes=args.sample_bytes,
@@ -140,8 +133,13 @@ def main(argv: list[str] | None = None) -> int:
         verify=args.verify,
         progress=args.progress,
     )
+    return _exit_code(lambda: run_sharding(job))
+
+
+def _exit_code(work: Callable[[], object]) -> int:
+    """Run ``work``; a failed shard check exits 1, any other data problem 2 (one line each)."""
     try:
-        run_sharding(job)
+        work()
     except ShardVerifyError as err:
         print(f"shard_dataset: error: {err}", file=sys.stderr)
         return EXIT_CHECK_FAILED
