@@ -392,14 +392,17 @@ def tables(runs: list[dict[str, Any]]) -> str:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    c = result["config"]
+    c, m = result["config"], result["model"]
+    reach = m["num_hidden_layers"] * (m["sliding_window"] - 1)
+    zero_k = 2 + -(-reach // c["chunk_bytes"])  # chunks 2 .. K-1 must span more than the reach
     return "\n".join([
         "# Gradients through long backpropagation (benchmarks/bptt_gradients.py)", "",
         f"{c['preset']} on {result['env']['device_name']}, chunks of {c['chunk_bytes']:,} bytes, batch {c['batch']}, "
         f"lr {c['lr']:g} (warmup {c['warmup']}), clip {c['clip']:g}; one backward through all K chunks "
         "(state carried with its gradient). Norms are pre-clip. dL_K/de: gradient of the last chunk's loss "
-        "at the byte-embedding output of the first chunk over the last (0 = nothing reaches the first chunk; "
-        "expected without recurrence for K >= 3).", "",
+        "at the byte-embedding output of the first chunk over the last (0: nothing reaches the first chunk). "
+        f"Attention alone reaches {reach:,} bytes back (layers x (window - 1)), so without the recurrence "
+        f"the ratio is 0 wherever the first chunk lies farther back than that (here: K >= {zero_k}).", "",
         tables(result["runs"]), "",
     ])  # fmt: skip
 
