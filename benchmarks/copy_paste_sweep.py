@@ -138,6 +138,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--variants", default="pmnet,nomem", help="comma-separated, of pmnet,nomem")
     p.add_argument("--train-seconds", type=float, default=450.0, help="wall clock per run, compilation included")
     p.add_argument("--max-steps", type=int, default=0, help="also stop at this step (0: the clock alone)")
+    p.add_argument("--stop-grace", type=float, default=60.0, help="seconds the runs get to checkpoint after SIGTERM")
+    p.add_argument("--eval-only", action="store_true", help="evaluate the runs already under --run-root (no training)")
     p.add_argument("--samples", type=int, default=128, help="evaluation samples per N bucket (default: 128)")
     p.add_argument("--run-root", default="runs/copy_paste_sweep", help="where the run directories go")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -176,18 +178,29 @@ def launch(args: argparse.Namespace, setting: Setting, variant: str, device: str
     )
 
 
-def stop(proc: subprocess.Popen, grace_s: float = 180.0) -> int:
-    """SIGTERM to the launcher (every rank checkpoints at its next step and exits), then wait."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        return proc.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        return proc.wait()
+def stop_all(procs: dict[str, subprocess.Popen], grace_s: float) -> dict[str, int]:
+    """SIGTERM to every launcher at once (each rank checkpoints at its next step and exits), then
+    one shared grace period; a job still there after it is killed (exit -9). A job stuck before
+    its first step (in compilation, say) sees the signal only at a step boundary."""
+    for proc in procs.values():
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(p.poll() is None for p in procs.values()):
+        time.sleep(1.0)
+    codes = {}
+    for name, proc in procs.items():
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            codes[name] = -9
+        else:
+            codes[name] = proc.returncode
+    return codes
 
 
 def train_all(args: argparse.Namespace, jobs: list[tuple[Setting, str]], device: str, out: Path) -> dict[str, int]:
+    """Start every job, let them run until the clock (or their own step limit) ends them, stop them."""
     procs = {}
     for setting, variant in jobs:
         name = f"{setting.name}_{variant}"
@@ -196,10 +209,9 @@ def train_all(args: argparse.Namespace, jobs: list[tuple[Setting, str]], device:
     deadline = time.monotonic() + args.train_seconds
     while time.monotonic() < deadline and any(p.poll() is None for p in procs.values()):
         time.sleep(2.0)
-    codes = {}
-    for name, proc in procs.items():
-        codes[name] = stop(proc)
-        print(f"{name}: exit {codes[name]}", flush=True)
+    codes = stop_all(procs, args.stop_grace)
+    for name, code in codes.items():
+        print(f"{name}: exit {code}", flush=True)
     return codes
 
 
@@ -227,8 +239,11 @@ def evaluate(args: argparse.Namespace, setting: Setting, variants: list[str], de
     root = Path(args.run_root).resolve()
     runs = [(v, root / f"{setting.name}_{v}") for v in variants if last_step(root / f"{setting.name}_{v}")]
     result: dict = {"reach": setting.reach, "max_n": setting.max_n, "overrides": setting.overrides(), "variants": {}}
-    for v, d in runs:
+    for v in variants:
+        d = root / f"{setting.name}_{v}"
         result["variants"][v] = {"steps": last_step(d)}
+        if not result["variants"][v]["steps"]:
+            result["variants"][v]["note"] = "no checkpoint: the run never reached a step boundary"
         if (d / "train.log").is_file():
             shutil.copy(d / "train.log", sdir / f"train_{v}.log")
     if not runs:
@@ -292,7 +307,8 @@ def write_summary(out: Path, results: dict, args: argparse.Namespace, device: st
             label = VARIANTS[v][0]
             ex, by = means.get(f"{label} exact"), means.get(f"{label} byte")
             acc = "-" if ex is None else f"{100 * ex:.1f} / {100 * by:.1f}"
-            lines.append(f"| {name} | {res['reach']} | 2..{res['max_n']} | {label} | {info['steps']} | {acc} |")
+            steps = info["steps"] or "0 (no checkpoint)"
+            lines.append(f"| {name} | {res['reach']} | 2..{res['max_n']} | {label} | {steps} | {acc} |")
     lines.append("")
     for name, res in results.items():
         table = out / name / "copy_paste.md"
@@ -314,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = [SETTINGS[s] for s in args.settings.split(",")]
     variants = args.variants.split(",")
     t0 = time.monotonic()
-    codes = train_all(args, [(s, v) for s in settings for v in variants], device, out)
+    codes = {} if args.eval_only else train_all(args, [(s, v) for s in settings for v in variants], device, out)
     train_s = time.monotonic() - t0
     results = {s.name: evaluate(args, s, variants, device, out) for s in settings}
     summary = {
