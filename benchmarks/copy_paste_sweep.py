@@ -171,11 +171,10 @@ def launch(args: argparse.Namespace, setting: Setting, variant: str, device: str
         cmd.append(f"train.stop_at_step={args.max_steps}")
     cmd += [f"train.run_root={Path(args.run_root).resolve()}", f"train.run_name={setting.name}_{variant}"]
     env = dict(os.environ, PMNET_PYTHON=args.python, PYTHONUNBUFFERED="1")
-    with log.open("w") as fh:
+    with log.open("w") as fh:  # the child keeps its own copy of the descriptor
         fh.write(" ".join(cmd) + "\n")
-    return subprocess.Popen(
-        cmd, cwd=REPO, stdout=log.open("a"), stderr=subprocess.STDOUT, env=env, start_new_session=True
-    )
+        fh.flush()
+        return subprocess.Popen(cmd, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
 def stop_all(procs: dict[str, subprocess.Popen], grace_s: float) -> dict[str, int]:
