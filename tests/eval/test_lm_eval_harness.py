@@ -81,9 +81,12 @@ def test_pmnet_model_in_lm_eval_cli(tiny_ckpt: Path, tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "pmnet.eval.harness", "--model", "pmnet",
            "--model_args", f"pretrained={tiny_ckpt},chunk_bytes=64", "--device", "cpu",
            "--tasks", "pmnet_local_mc,pmnet_local_ppl,pmnet_local_gen", "--include_path", str(tmp_path / "tasks"),
-           "--output_path", str(tmp_path / "out"), "--log_samples"]  # fmt: skip
+           "--output_path", str(tmp_path / "out"), "--log_samples",
+           "--batch_size", "auto", "--max_batch_size", "3"]  # fmt: skip
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
     assert p.returncode == 0, p.stderr[-3000:]
+    # lm_eval's batch size reaches the model: scoring runs batched (the streaming path is tested in process below)
+    assert "pmnet: batch_size=auto -> 3 on cpu" in p.stderr
     results = json.loads(next((tmp_path / "out").rglob("results_*.json")).read_text())["results"]
 
     model = PMNetForCausalLM.from_pretrained(tiny_ckpt).eval()
