@@ -182,7 +182,9 @@ class PMNetLM(LM):
         window attends to positions <= t; the phasor memory's write at position t changes only
         the phases of positions > t, and its routing is per position), so the pad bytes after a
         row's end, and the carried state they leave, never reach the scores of that row's bytes.
-        Every row starts at position 0, so RoPE and the window need no per-row offsets.
+        Every row starts at position 0, so RoPE and the window need no per-row offsets. (In
+        floating point a row's scores can differ from its scores alone in the last bits: other
+        shapes round differently.)
         """
         n_in = max(len(r) for r in rows) - 1  # inputs: every byte but the last of the longest row
         ids = torch.full((len(rows), n_in + 1), PAD_ID, dtype=torch.long)
