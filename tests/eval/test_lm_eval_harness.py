@@ -187,21 +187,34 @@ def _batched_requests(model: PMNetForCausalLM) -> list[SimpleNamespace]:
     return reqs
 
 
-def test_batched_loglikelihood_equals_streaming(tiny_ckpt: Path) -> None:
+def _assert_batched_equals_streaming(ckpt: Path, device: str, rel: float, abs_: float) -> None:
     from pmnet.eval.harness import PMNetLM
 
-    ref = PMNetLM(pretrained=str(tiny_ckpt), device="cpu", chunk_bytes=64)
+    ref = PMNetLM(pretrained=str(ckpt), device=device, chunk_bytes=64)
     reqs = _batched_requests(ref.model)
     want = ref.loglikelihood(reqs, disable_tqdm=True)
     assert sum(g for _, g in want) > sum(not r.args[1] for r in reqs)  # greedy True beyond empty continuations
     for bs in (3, 4):
-        lm = PMNetLM(pretrained=str(tiny_ckpt), device="cpu", chunk_bytes=64, batch_size=bs)
+        lm = PMNetLM(pretrained=str(ckpt), device=device, chunk_bytes=64, batch_size=bs)
         assert lm.batch_size == bs
         got = lm.loglikelihood(reqs, disable_tqdm=True)
         assert len(got) == len(reqs)
         for r, (lp, g), (lp_ref, g_ref) in zip(reqs, got, want):  # in the requests' order
-            assert lp == pytest.approx(lp_ref, rel=BATCHED_REL, abs=BATCHED_ABS), (bs, r.args)
+            assert lp == pytest.approx(lp_ref, rel=rel, abs=abs_), (bs, r.args)
             assert g == g_ref, (bs, r.args)
+
+
+def test_batched_loglikelihood_equals_streaming(tiny_ckpt: Path) -> None:
+    _assert_batched_equals_streaming(tiny_ckpt, "cpu", BATCHED_REL, BATCHED_ABS)
+
+
+@pytest.mark.gpu
+def test_batched_loglikelihood_equals_streaming_on_gpu(tiny_ckpt_decisive: Path) -> None:
+    """The same comparison on CUDA (flex attention; other kernels for other shapes). The decisive
+    checkpoint: at random init the write routing is near-uniform and flips under any change of
+    float order (tests/eval/agreement.py), which would measure tie-breaking, not batching. The
+    bound is 10x the CPU one for GPU reduction orders; not yet measured on a GPU."""
+    _assert_batched_equals_streaming(tiny_ckpt_decisive, "cuda", 10 * BATCHED_REL, 10 * BATCHED_ABS)
 
 
 def test_batched_rolling_equals_streaming(tiny_ckpt: Path) -> None:
