@@ -82,11 +82,11 @@ def test_pmnet_model_in_lm_eval_cli(tiny_ckpt: Path, tmp_path: Path) -> None:
            "--model_args", f"pretrained={tiny_ckpt},chunk_bytes=64", "--device", "cpu",
            "--tasks", "pmnet_local_mc,pmnet_local_ppl,pmnet_local_gen", "--include_path", str(tmp_path / "tasks"),
            "--output_path", str(tmp_path / "out"), "--log_samples",
-           "--batch_size", "auto", "--max_batch_size", "3"]  # fmt: skip
+           "--batch_size", "3"]  # fmt: skip
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
     assert p.returncode == 0, p.stderr[-3000:]
-    # lm_eval's batch size reaches the model: scoring runs batched (the streaming path is tested in process below)
-    assert "pmnet: batch_size=auto -> 3 on cpu" in p.stderr
+    # lm_eval's --batch_size reached the model: scoring ran batched (the streaming path is tested in process below)
+    assert "pmnet loglikelihood (batches of 3)" in p.stderr and "pmnet loglikelihood_rolling (batches of 3)" in p.stderr
     results = json.loads(next((tmp_path / "out").rglob("results_*.json")).read_text())["results"]
 
     model = PMNetForCausalLM.from_pretrained(tiny_ckpt).eval()
@@ -236,8 +236,9 @@ def test_batch_size_values(tiny_ckpt: Path) -> None:
 
     cpu = torch.device("cpu")
     assert [parse_batch_size(v, None, cpu) for v in (None, 1, "1", "16", 5)] == [1, 1, 1, 16, 5]
-    assert parse_batch_size("auto", None, cpu) == 4 and parse_batch_size("auto:3", "2", cpu) == 2
-    assert parse_batch_size("auto", None, torch.device("cuda")) == 16  # the size only: nothing runs there
+    cuda = torch.device("cuda")  # the size only: nothing runs there
+    assert parse_batch_size("auto", None, cpu) == 1 and parse_batch_size("auto", None, cuda) == 16
+    assert parse_batch_size("auto:3", "4", cuda) == 4 and parse_batch_size("auto", 64, cuda) == 16
     for bad in ("0", "-2", "four", "2.5", "auto:x", 0, True):
         with pytest.raises(ValueError) as err:
             PMNetLM(pretrained=str(tiny_ckpt), device="cpu", batch_size=bad)
