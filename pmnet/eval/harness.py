@@ -87,7 +87,7 @@ def parse_batch_size(batch_size: Any, max_batch_size: Any, device: torch.device)
     (lm_eval's ``auto:N`` re-detection is not needed for a fixed size: it means ``auto``).
     A bad value raises a one-line ``ValueError`` naming it.
     """
-    cap = None
+    cap: int | None = None
     if max_batch_size is not None:
         cap = _positive_int(max_batch_size)
         if cap is None:
@@ -100,10 +100,10 @@ def parse_batch_size(batch_size: Any, max_batch_size: Any, device: torch.device)
         size = min(size, cap) if cap is not None else size
         LOG.warning("pmnet: batch_size=%s -> %d on %s", batch_size, size, device)
         return size
-    size = _positive_int(batch_size)
-    if size is None:
+    given = _positive_int(batch_size)
+    if given is None:
         raise ValueError(f"batch_size={batch_size!r}: must be a positive integer, 'auto' or 'auto:N'")
-    return size
+    return given
 
 
 @register_model("pmnet")
@@ -242,13 +242,13 @@ class PMNetLM(LM):
         if self.batch_size > 1:
             rows, starts = [], []
             for req in requests:
-                context = [BOS, *req.args[0].encode("utf-8")]
-                rows.append(context + list(req.args[1].encode("utf-8")))
-                starts.append(len(context))
-            out = self._batched(rows, starts, "pmnet loglikelihood", disable_tqdm)
-            for req, res in zip(requests, out):
+                prefix = [BOS, *req.args[0].encode("utf-8")]
+                rows.append(prefix + list(req.args[1].encode("utf-8")))
+                starts.append(len(prefix))
+            results = self._batched(rows, starts, "pmnet loglikelihood", disable_tqdm)
+            for req, res in zip(requests, results):
                 self.cache_hook.add_partial("loglikelihood", req.args, res)
-            return out
+            return results
         by_context: dict[str, list[int]] = defaultdict(list)
         for i, req in enumerate(requests):
             by_context[req.args[0]].append(i)
