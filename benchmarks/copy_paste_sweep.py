@@ -39,6 +39,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from pmnet.checkpoint.manifest import checkpoints_root, parse_step, read_latest  # noqa: E402
+
 BASE_CONFIG = "configs/copy_paste_30m.yaml"
 
 
@@ -223,12 +227,8 @@ def run_tool(args: argparse.Namespace, cmd: list[str], log: Path) -> int:
 
 def last_step(run_dir: Path) -> int:
     """The optimizer step of the run's latest checkpoint (0: none)."""
-    latest = run_dir / "checkpoints" / "latest"
-    if not latest.is_file():
-        return 0
-    tag = latest.read_text().strip()
-    digits = "".join(c for c in tag if c.isdigit())
-    return int(digits) if digits else 0
+    name = read_latest(checkpoints_root(run_dir))
+    return (parse_step(name) or 0) if name else 0
 
 
 def evaluate(args: argparse.Namespace, setting: Setting, variants: list[str], device: str, out: Path) -> dict:

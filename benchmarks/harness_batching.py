@@ -43,11 +43,15 @@ from pmnet.model import PMNetConfig, PMNetForCausalLM, save_pretrained  # noqa: 
 SAMPLE = REPO / "data_pipeline" / "samples" / "c4_en_sample_30docs.jsonl.gz"
 
 
-def make_requests(questions: int, seed: int) -> list[SimpleNamespace]:
-    """``questions`` contexts of 200-2000 bytes, 4 continuations of 5-50 bytes each, as lm_eval
-    ``loglikelihood`` requests (``args = (context, continuation)``); ASCII cuts of sample text."""
+def sample_text() -> str:
+    """The shipped sample's documents joined, ASCII only (cuts of it are the requests)."""
     with gzip.open(SAMPLE, "rt") as f:
-        text = " ".join(json.loads(line)["text"] for line in f).encode("ascii", "ignore").decode()
+        return " ".join(json.loads(line)["text"] for line in f).encode("ascii", "ignore").decode()
+
+
+def make_requests(text: str, questions: int, seed: int) -> list[SimpleNamespace]:
+    """``questions`` contexts of 200-2000 bytes, 4 continuations of 5-50 bytes each, as lm_eval
+    ``loglikelihood`` requests (``args = (context, continuation)``); cuts of ``text``."""
     rng = random.Random(seed)
     reqs = []
     for _ in range(questions):
@@ -61,10 +65,8 @@ def make_requests(questions: int, seed: int) -> list[SimpleNamespace]:
     return reqs
 
 
-def make_documents(docs: int, seed: int) -> list[SimpleNamespace]:
-    """``docs`` ``loglikelihood_rolling`` requests of 500-4000 bytes of sample text."""
-    with gzip.open(SAMPLE, "rt") as f:
-        text = " ".join(json.loads(line)["text"] for line in f).encode("ascii", "ignore").decode()
+def make_documents(text: str, docs: int, seed: int) -> list[SimpleNamespace]:
+    """``docs`` ``loglikelihood_rolling`` requests of 500-4000 bytes of ``text``."""
     rng = random.Random(seed + 1)
     out = []
     for _ in range(docs):
@@ -128,8 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         ckpt = Path(tempfile.mkdtemp(prefix="harness_batching_")) / "model"
         save_pretrained(PMNetForCausalLM(cfg), ckpt, cfg)
     lm = PMNetLM(pretrained=str(ckpt), device=args.device, dtype=args.dtype, chunk_bytes=args.chunk_bytes)
-    reqs = make_requests(args.questions, args.seed)
-    docs = make_documents(args.docs, args.seed)
+    text = sample_text()
+    reqs = make_requests(text, args.questions, args.seed)
+    docs = make_documents(text, args.docs, args.seed)
     rows = time_sizes(lm, "loglikelihood", reqs, sizes, args.repeats)
     if docs:
         rows += time_sizes(lm, "loglikelihood_rolling", docs, sizes, args.repeats)
