@@ -122,7 +122,7 @@ class ProfilerHook(Hook):
         self.out_dir.mkdir(parents=True, exist_ok=True)
         events = prof.key_averages()
         attr = "self_device_time_total" if self.cuda else "self_cpu_time_total"
-        table = events.table(sort_by=attr, row_limit=60, max_name_column_width=100)
+        table = events.table(sort_by=attr, row_limit=240, max_name_column_width=100)
         head = f"# torch.profiler over optimizer steps {self.first}-{step} of the run (main rank)"
         text = f"{head}\n{device_time_by_family(events, steps, attr, wall)}\n{table}\n"
         (self.out_dir / f"{tag}.txt").write_text(text)
