@@ -13,14 +13,17 @@
 #   evalrate: issue 16: long-context evaluation speed call by call (TEXT_DIR: books >= 512 KiB).
 #   suite:    every GPU-marked test but the whole-layer compilation ones (TEXT_DIR: books).
 #   agree:    issue 16: flex (GPU) vs sdpa (CPU) per-position BPB, routing flips counted.
+#   ab:       issue 16: the GPU tests of the kernels and the fast path, the kernels' micro-benchmarks, then the 119M config
+#           through the launcher once per environment set in AB_SETS (kernels off / on), STEPS
+#           steps each with a profile, and the median bytes/s of each.
 #   dropout: issue 20: the GPU tests of the blocked window, then the real 119M config through the
 #           launcher twice, model.attention_dropout=0.0 (flex) and 0.1 (blocked sdpa), STEPS steps
 #           each, and the median bytes/s of both (benchmarks/window_attention.py logs; target:
 #           0.1 within 10% of 0.0), plus the bare-model step of flex / blocked / dense sdpa.
 # Usage (GPU machine, wheels of ../shared/gpu/README.md on PYTHONPATH):
-#   bash benchmarks/h200_throughput_call.sh OUT train|launch|tune|curve|tests|restart|evalrate|agree|suite|dropout [TEXT_DIR] [STEPS]
+#   bash benchmarks/h200_throughput_call.sh OUT train|launch|tune|curve|tests|restart|evalrate|agree|suite|dropout|ab [TEXT_DIR] [STEPS]
 set -uo pipefail
-OUT="${1:?usage: h200_throughput_call.sh OUT train|launch|tune|curve|tests|restart|evalrate|agree|suite|dropout [TEXT_DIR] [STEPS]}"
+OUT="${1:?usage: h200_throughput_call.sh OUT train|launch|tune|curve|tests|restart|evalrate|agree|suite|dropout|ab [TEXT_DIR] [STEPS]}"
 PART="${2:?train or launch}"
 TEXT="${3:-data_pipeline/samples}"
 STEPS="${4:-40}"
@@ -177,6 +180,46 @@ elif [ "$PART" = dropout ]; then
     timeout 150 "$PY" benchmarks/window_attention.py train --device cuda --preset pmnet_119m --seq 8192 --micro 8 \
         --steps 5 --warmup 2 --variants flex/0,sdpa-blocked/0.1,sdpa-blocked/0,sdpa-dense/0.1 \
         --json "$OUT/dropout_step.json" 2>&1 | grep -v -i warn | tail -8
+elif [ "$PART" = ab ]; then
+    # issue 16: fast-path kernels on vs off. The GPU tests of the Triton kernels, their
+    # micro-benchmarks, then the real 119M config through the launcher once per set of
+    # environment switches in AB_SETS ("label:VAR=1 VAR2=0;label2:..."; the first is the
+    # baseline), STEPS steps each, the same shards and compile cache, a profile of step STEPS-2,
+    # and the median bytes/s of each (benchmarks/window_attention.py logs).
+    stamp "GPU tests of the Triton kernels"
+    timeout "${KERNEL_TESTS_S:-240}" "$PY" -m pytest -q -rA --tb=short -p no:cacheprovider -m gpu \
+        -k "not compiled_decoder_layers" tests/model/test_triton_read.py tests/model/test_triton_scores.py \
+        $(ls tests/model/test_triton_scan.py 2>/dev/null) tests/model/test_fast_path.py tests/model/test_model_gpu.py \
+        > "$OUT/gpu_tests_kernels.txt" 2>&1
+    grep -E "^(PASSED|FAILED|ERROR)|passed|failed" "$OUT/gpu_tests_kernels.txt" | tail -24
+    for bench in read_kernel scan_kernel; do
+        [ -f "benchmarks/$bench.py" ] || continue
+        stamp "benchmarks/$bench.py"
+        timeout 150 "$PY" benchmarks/$bench.py --json "$OUT/$bench.json" > "$OUT/$bench.txt" 2>&1
+        echo "exit $?"; grep -v -i warn "$OUT/$bench.txt" | tail -8
+    done
+    stamp "shard $TEXT"
+    rm -rf /tmp/pmd && "$PY" tools/shard_dataset.py "$TEXT" --out /tmp/pmd --sample-bytes 8193 \
+        --val-fraction 0.02 --no-progress 2>&1 | tail -1
+    IFS=';' read -ra SETS <<< "${AB_SETS:-inductor:PMNET_TRITON_READ=0;kernels:}"
+    logs=()
+    for set in "${SETS[@]}"; do
+        label="${set%%:*}"; read -ra envs <<< "${set#*:}"
+        stamp "119M through launchers/pretrain.sh, $label (${envs[*]:-defaults}), $STEPS steps"
+        rm -rf /tmp/runs
+        env "${envs[@]}" timeout --preserve-status -s TERM -k 20 "${AB_RUN_S:-170}" bash launchers/pretrain.sh \
+            configs/pmnet_119m.yaml 'data.streams=[{local: /tmp/pmd, split: train}]' 'data.val_streams=[]' \
+            train.max_steps="$STEPS" optim.warmup_steps=10 eval.interval=0 checkpoint.interval=100000 \
+            checkpoint.save_at_end=false logging.console_interval=2 logging.log_interval=2 \
+            train.run_root=/tmp/runs train.run_name=p119 logging.profile_at_step=$((STEPS - 2)) \
+            logging.profile_steps=1 train.compile_cache_dir=/tmp/pmnet_compile_cache > "$OUT/ab_$label.log" 2>&1
+        echo "exit $?"
+        grep -E "step +[0-9]+/" "$OUT/ab_$label.log" | tail -2
+        cp /tmp/runs/p119/profile/steps_*.txt "$OUT/profile_$label.txt" 2>/dev/null && head -11 "$OUT/profile_$label.txt" | tail -9
+        logs+=("$OUT/ab_$label.log")
+    done
+    # medians after the first 3 console lines (steps 2-6: compilation and warm-up)
+    "$PY" benchmarks/window_attention.py logs "${logs[@]}" --skip 3 --json "$OUT/ab_launcher.json"
 else
     echo "unknown part $PART"; exit 2
 fi
