@@ -9,14 +9,15 @@ computes, per byte position p and read head r,
 and hands g (in the projection dtype) to the folded value/output GEMM. Compiled by inductor this
 was a softmax kernel and a separate reduction that read the [P, N, 2M] features in bf16, widened
 them, and wrote g in fp32 before a cast (run 7's profile of a real trainer step: 69 ms of the
-1.9 s per optimizer step for the reduction alone, at well under HBM bandwidth); the backward was
-three more passes (the feature gradient, ``da = dg . f``, the softmax backward). Here:
+1.9 s per optimizer step for the reduction alone, at well under HBM bandwidth). Here:
 
 * forward, one pass: reads s ([P, R, N] fp32, tiny) and the features once, writes g in the
   features' dtype and the probabilities a (tiny, kept for the backward);
-* backward, one pass: reads dg and the features once, writes the feature gradient
-  ``df[p, n] = sum_r a[p, r, n] dg[p, r]`` in the features' dtype and the score gradient
-  ``ds = a * (da - sum_n a da) / sqrt(M)`` with ``da[p, r, n] = dg[p, r] . f[p, n]``.
+* backward: one pass reads dg and the features and writes the score gradient
+  ``ds = a * (da - sum_n a da) * scale`` with ``da[p, r, n] = dg[p, r] . f[p, n]``; the feature
+  gradient ``df[p, n] = sum_r a[p, r, n] dg[p, r]`` stays in torch (:func:`feature_grad`), where
+  inductor fuses it with the sum of the features' other gradient (the key projection's). A
+  kernel that also wrote df left that sum as a separate pass and was slower overall (H200).
 
 All arithmetic is fp32 (accurate ``exp``; no approximate instructions), so the kernels serve
 fp32 inputs as well and match :func:`softmax_weighted_reference` to rounding. They run in
@@ -72,73 +73,68 @@ if triton is not None:
         R: tl.constexpr, N: tl.constexpr, F: tl.constexpr,
         BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr,
     ):  # fmt: skip
+        # 2-D tiles only: a first version reduced a [BP, BN, BF] tile over its middle axis and ran
+        # 13x slower than inductor on the H200 (9.5 ms per call at the 119M shapes)
         rows = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)  # [BP] byte positions
         rmask = rows < P
         ncols = tl.arange(0, BLOCK_N)
         nmask = ncols < N
         sn_mask = rmask[:, None] & nmask[None, :]
         fcols = tl.arange(0, BLOCK_F)
-        for f0 in range(0, F, BLOCK_F):
-            fc = f0 + fcols
-            fmask = fc < F
-            f_off = rows[:, None, None] * (N * F) + ncols[None, :, None] * F + fc[None, None, :]
-            f_mask = sn_mask[:, :, None] & fmask[None, None, :]
-            feats = tl.load(f_ptr + f_off, mask=f_mask, other=0.0).to(tl.float32)  # [BP, BN, BF]
-            for r in tl.static_range(R):
-                # the softmax of N scores is recomputed per feature tile: N exps against BN x BF products
-                sn_off = rows[:, None] * (R * N) + r * N + ncols[None, :]
-                s = tl.load(s_ptr + sn_off, mask=sn_mask, other=0.0) * scale
-                s = tl.where(nmask[None, :], s, float("-inf"))
-                e = tl.exp(s - tl.max(s, axis=1)[:, None])
-                a = e / tl.sum(e, axis=1)[:, None]  # [BP, BN]
-                if f0 == 0:
-                    tl.store(a_ptr + sn_off, a, mask=sn_mask)
-                g = tl.sum(a[:, :, None] * feats, axis=1)  # [BP, BF]
+        for r in tl.static_range(R):
+            sn_off = rows[:, None] * (R * N) + r * N + ncols[None, :]
+            s = tl.load(s_ptr + sn_off, mask=sn_mask, other=0.0) * scale
+            s = tl.where(nmask[None, :], s, float("-inf"))
+            e = tl.exp(s - tl.max(s, axis=1)[:, None])
+            a = e / tl.sum(e, axis=1)[:, None]  # [BP, BN]
+            tl.store(a_ptr + sn_off, a, mask=sn_mask)
+            for f0 in range(0, F, BLOCK_F):
+                fc = f0 + fcols
+                fmask = rmask[:, None] & (fc[None, :] < F)
+                g = tl.zeros([BLOCK_P, BLOCK_F], dtype=tl.float32)
+                # the features of a block are read once from memory; heads after the first find them in cache
+                for n in tl.static_range(N):
+                    a_n = tl.sum(tl.where(ncols[None, :] == n, a, 0.0), axis=1)  # [BP]
+                    f = tl.load(f_ptr + rows[:, None] * (N * F) + n * F + fc[None, :], mask=fmask, other=0.0)
+                    g += a_n[:, None] * f.to(tl.float32)
                 g_off = rows[:, None] * (R * F) + r * F + fc[None, :]
-                tl.store(g_ptr + g_off, g.to(g_ptr.dtype.element_ty), mask=rmask[:, None] & fmask[None, :])
+                tl.store(g_ptr + g_off, g.to(g_ptr.dtype.element_ty), mask=fmask)
 
     @triton.jit
-    def _bwd_kernel(
-        dg_ptr, f_ptr, a_ptr, df_ptr, ds_ptr, P, scale,
+    def _ds_kernel(
+        dg_ptr, f_ptr, a_ptr, ds_ptr, P, scale,
         R: tl.constexpr, N: tl.constexpr, F: tl.constexpr,
         BLOCK_P: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr,
     ):  # fmt: skip
         rows = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
         rmask = rows < P
         ncols = tl.arange(0, BLOCK_N)
-        nmask = ncols < N
         rcols = tl.arange(0, BLOCK_R)
-        sn_mask = rmask[:, None] & nmask[None, :]
         fcols = tl.arange(0, BLOCK_F)
         da = tl.zeros([BLOCK_P, BLOCK_R, BLOCK_N], dtype=tl.float32)  # dg[p, r] . f[p, n]
         for f0 in range(0, F, BLOCK_F):
             fc = f0 + fcols
-            fmask = fc < F
-            f_off = rows[:, None, None] * (N * F) + ncols[None, :, None] * F + fc[None, None, :]
-            f_mask = sn_mask[:, :, None] & fmask[None, None, :]
-            feats = tl.load(f_ptr + f_off, mask=f_mask, other=0.0).to(tl.float32)  # [BP, BN, BF]
-            df = tl.zeros([BLOCK_P, BLOCK_N, BLOCK_F], dtype=tl.float32)
+            fmask = rmask[:, None] & (fc[None, :] < F)
             for r in tl.static_range(R):
-                g_off = rows[:, None] * (R * F) + r * F + fc[None, :]
-                dg = tl.load(dg_ptr + g_off, mask=rmask[:, None] & fmask[None, :], other=0.0).to(tl.float32)
-                a = tl.load(a_ptr + rows[:, None] * (R * N) + r * N + ncols[None, :], mask=sn_mask, other=0.0)
-                part = tl.sum(feats * dg[:, None, :], axis=2)  # [BP, BN]
-                da += tl.where(rcols[None, :, None] == r, part[:, None, :], 0.0)
-                df += a[:, :, None] * dg[:, None, :]
-            tl.store(df_ptr + f_off, df.to(df_ptr.dtype.element_ty), mask=f_mask)
+                dg = tl.load(dg_ptr + rows[:, None] * (R * F) + r * F + fc[None, :], mask=fmask, other=0.0)
+                dg = dg.to(tl.float32)  # [BP, BF]; the heads after the first find the features in cache
+                for n in tl.static_range(N):
+                    f = tl.load(f_ptr + rows[:, None] * (N * F) + n * F + fc[None, :], mask=fmask, other=0.0)
+                    part = tl.sum(dg * f.to(tl.float32), axis=1)  # [BP]
+                    hit = (rcols[None, :, None] == r) & (ncols[None, None, :] == n)
+                    da += tl.where(hit, part[:, None, None], 0.0)
         rn_off = rows[:, None, None] * (R * N) + rcols[None, :, None] * N + ncols[None, None, :]
-        rn_mask = rmask[:, None, None] & (rcols[None, :, None] < R) & nmask[None, None, :]
-        a3 = tl.load(a_ptr + rn_off, mask=rn_mask, other=0.0)  # [BP, BR, BN]
-        dot = tl.sum(a3 * da, axis=2)  # [BP, BR]
-        tl.store(ds_ptr + rn_off, a3 * (da - dot[:, :, None]) * scale, mask=rn_mask)
+        rn_mask = rmask[:, None, None] & (rcols[None, :, None] < R) & (ncols[None, None, :] < N)
+        a = tl.load(a_ptr + rn_off, mask=rn_mask, other=0.0)  # [BP, BR, BN]
+        dot = tl.sum(a * da, axis=2)  # [BP, BR]
+        tl.store(ds_ptr + rn_off, a * (da - dot[:, :, None]) * scale, mask=rn_mask)
 
 
-def _blocks(n: int, f: int) -> tuple[int, int, int]:
-    """(BLOCK_P, BLOCK_F, num_warps): feature tiles of ~4096 elements (BP x BN x BF), at most 256 wide."""
-    block_n = triton.next_power_of_2(n)
-    block_f = min(triton.next_power_of_2(f), 256)
-    block_p = max(1, 4096 // (block_n * block_f))
-    return block_p, block_f, 8 if block_p * block_n * block_f >= 4096 else 4
+def _blocks(f: int) -> tuple[int, int, int]:
+    """(BLOCK_P, BLOCK_F, num_warps): 2-D tiles of ~4096 elements, at most 1024 features wide."""
+    block_f = min(triton.next_power_of_2(f), 1024)
+    block_p = max(1, 4096 // block_f)
+    return block_p, block_f, 8 if block_p * block_f >= 4096 else 4
 
 
 def _check(s: Tensor, feats: Tensor) -> tuple[int, int, int, int]:
@@ -158,48 +154,62 @@ if triton is not None:
         return kernel if _INTERPRETED else wrap_triton(kernel)
 
     @triton_op("pmnet::softmax_weighted", mutates_args=())
-    def softmax_weighted(s: Tensor, feats: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+    def softmax_weighted(s: Tensor, feats: Tensor, scale: float, compiled: bool = False) -> tuple[Tensor, Tensor]:
         """``(g, a)``: s [P, R, N] fp32 scores, feats [P, N, F] -> g [P, R, F] in feats' dtype, a [P, R, N] fp32.
 
         ``a = softmax(s * scale)`` over the N slots, ``g[p, r] = sum_n a[p, r, n] feats[p, n]``.
+        ``compiled``: the caller is being compiled (picks the backward's form of the feature gradient).
         """
         p, r, n, f = _check(s, feats)
         s, feats = s.float().contiguous(), feats.contiguous()
         g = torch.empty(p, r, f, device=feats.device, dtype=feats.dtype)
         a = torch.empty(p, r, n, device=feats.device, dtype=torch.float32)
-        bp, bf, warps = _blocks(n, f)
+        bp, bf, warps = _blocks(f)
         _launcher(_fwd_kernel)[(triton.cdiv(p, bp),)](
             s, feats, a, g, p, scale, R=r, N=n, F=f, BLOCK_P=bp, BLOCK_N=triton.next_power_of_2(n),
             BLOCK_F=bf, num_warps=warps,
         )  # fmt: skip
         return g, a
 
-    @triton_op("pmnet::softmax_weighted_backward", mutates_args=())
-    def softmax_weighted_backward(dg: Tensor, feats: Tensor, a: Tensor, scale: float) -> tuple[Tensor, Tensor]:
-        """(d s [P, R, N] fp32, d feats [P, N, F] in feats' dtype) from d g [P, R, F]."""
+    @triton_op("pmnet::softmax_weighted_score_grad", mutates_args=())
+    def softmax_weighted_score_grad(dg: Tensor, feats: Tensor, a: Tensor, scale: float) -> Tensor:
+        """d s [P, R, N] fp32 from d g [P, R, F]: ``a * (da - sum_n a da) * scale``, ``da = dg . f``."""
         p, r, n, f = _check(a, feats)
         dg, feats, a = dg.contiguous(), feats.contiguous(), a.contiguous()
-        df = torch.empty(feats.shape, device=feats.device, dtype=feats.dtype)
         ds = torch.empty(p, r, n, device=feats.device, dtype=torch.float32)
-        bp, bf, warps = _blocks(n, f)
-        _launcher(_bwd_kernel)[(triton.cdiv(p, bp),)](
-            dg, feats, a, df, ds, p, scale, R=r, N=n, F=f, BLOCK_P=bp, BLOCK_R=triton.next_power_of_2(r),
+        bp, bf, warps = _blocks(f)
+        _launcher(_ds_kernel)[(triton.cdiv(p, bp),)](
+            dg, feats, a, ds, p, scale, R=r, N=n, F=f, BLOCK_P=bp, BLOCK_R=triton.next_power_of_2(r),
             BLOCK_N=triton.next_power_of_2(n), BLOCK_F=bf, num_warps=warps,
         )  # fmt: skip
-        return ds, df
+        return ds
 
     def _setup_context(ctx, inputs, output) -> None:
-        _, feats, scale = inputs
+        _, feats, scale, compiled = inputs
         ctx.save_for_backward(feats, output[1])
-        ctx.scale = scale
+        ctx.scale, ctx.compiled = scale, compiled
         ctx.mark_non_differentiable(output[1])
 
     def _backward(ctx, grad_g: Tensor, _grad_a: Tensor | None):
         feats, a = ctx.saved_tensors
-        ds, df = softmax_weighted_backward(grad_g, feats, a, ctx.scale)
-        return ds, df, None
+        ds = softmax_weighted_score_grad(grad_g, feats, a, ctx.scale)
+        df = feature_grad(a, grad_g, ctx.compiled).to(feats.dtype)
+        return ds, df, None, None
 
     softmax_weighted.register_autograd(_backward, setup_context=_setup_context)
+
+
+def feature_grad(a: Tensor, dg: Tensor, compiled: bool) -> Tensor:
+    """``df[p, n] = sum_r a[p, r, n] dg[p, r]`` in fp32: a [P, R, N], dg [P, R, F] -> [P, N, F].
+
+    Left to torch, not a kernel: compiled, as a broadcast product summed over the R heads, which
+    inductor fuses with the sum of this gradient and the key projection's (a separate add pass
+    over [P, N, F] otherwise: 0.2 ms per read on the H200, about what a kernel would save);
+    eager, a batched matmul (no [P, R, N, F] temporary).
+    """
+    if compiled:
+        return (a.unsqueeze(-1) * dg.float().unsqueeze(2)).sum(1)
+    return torch.matmul(a.transpose(1, 2), dg.float())
 
 
 def attention_weighted_features(s: Tensor, feats: Tensor, m: int) -> Tensor:
@@ -209,5 +219,6 @@ def attention_weighted_features(s: Tensor, feats: Tensor, m: int) -> Tensor:
     """
     lead = s.shape[:-2]
     r, n = s.shape[-2:]
-    g, _ = softmax_weighted(s.reshape(-1, r, n), feats.reshape(-1, n, feats.shape[-1]), 1.0 / math.sqrt(m))
+    compiled = torch.compiler.is_compiling()
+    g, _ = softmax_weighted(s.reshape(-1, r, n), feats.reshape(-1, n, feats.shape[-1]), 1.0 / math.sqrt(m), compiled)
     return g.view(*lead, r, feats.shape[-1])

@@ -52,14 +52,18 @@ def test_kernels_lower_to_triton_ir_for_hopper() -> None:
     ctx = ir.context()
     ir.load_dialects(ctx)
     backend.load_dialects(ctx)
-    bp, bf, _ = tr._blocks(4, 1024)
-    shapes = dict(R=4, N=4, F=1024, BLOCK_P=bp, BLOCK_N=4, BLOCK_F=bf)
+    shapes = dict(R=4, N=4, F=1024, BLOCK_N=4)
+    bp, bf, _ = tr._blocks(1024)
     kernels = [
-        (tr._fwd_kernel, {"s_ptr": "*fp32", "f_ptr": "*bf16", "a_ptr": "*fp32", "g_ptr": "*bf16"}, shapes),
         (
-            tr._bwd_kernel,
-            {"dg_ptr": "*bf16", "f_ptr": "*bf16", "a_ptr": "*fp32", "df_ptr": "*bf16", "ds_ptr": "*fp32"},
-            {**shapes, "BLOCK_R": 4},
+            tr._fwd_kernel,
+            {"s_ptr": "*fp32", "f_ptr": "*bf16", "a_ptr": "*fp32", "g_ptr": "*bf16"},
+            {**shapes, "BLOCK_P": bp, "BLOCK_F": bf},
+        ),
+        (
+            tr._ds_kernel,
+            {"dg_ptr": "*bf16", "f_ptr": "*bf16", "a_ptr": "*fp32", "ds_ptr": "*fp32"},
+            {**shapes, "BLOCK_P": bp, "BLOCK_F": bf, "BLOCK_R": 4},
         ),
     ]
     for fn, ptrs, consts in kernels:

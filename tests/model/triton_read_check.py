@@ -25,14 +25,15 @@ def main() -> None:
         s = (torch.randn(p, r, n) * 8).requires_grad_()
         feats = torch.sin(torch.randn(p, n, f) * 3).requires_grad_()
         scale = 1.0 / (f // 2) ** 0.5
-        g, a = tr.softmax_weighted(s, feats, scale)
         rg, ra = tr.softmax_weighted_reference(s, feats, scale)
         dout = torch.randn_like(rg)
-        ds, df = torch.autograd.grad(g, (s, feats), dout)
         rs, rf = torch.autograd.grad(rg, (s, feats), dout)
-        assert g.shape == (p, r, f) and a.shape == (p, r, n) and df.shape == feats.shape
-        for name, x, y in (("g", g, rg), ("a", a, ra), ("ds", ds, rs), ("df", df, rf)):
-            worst[name] = max(worst[name], float((x - y).abs().max().detach() / (1.0 + y.abs().max().detach())))
+        for compiled in (False, True):  # both forms of the feature gradient
+            g, a = tr.softmax_weighted(s, feats, scale, compiled)
+            ds, df = torch.autograd.grad(g, (s, feats), dout)
+            assert g.shape == (p, r, f) and a.shape == (p, r, n) and df.shape == feats.shape
+            for name, x, y in (("g", g, rg), ("a", a, ra), ("ds", ds, rs), ("df", df, rf)):
+                worst[name] = max(worst[name], float((x - y).abs().max().detach() / (1.0 + y.abs().max().detach())))
         # bf16 features: g and the feature gradient come back in bf16, rounded once from fp32
         fb = feats.detach().to(torch.bfloat16).requires_grad_()
         gb, _ = tr.softmax_weighted(s.detach(), fb, scale)
