@@ -1,6 +1,8 @@
 """The fast path's memory read and write as pure tensor functions ("cores"), optionally torch.compile'd.
 
-Layering: ``scan.py`` (the blocked fp32 prefix sum) <- this file (the cores) <-
+Layering: ``scan.py`` (the blocked fp32 prefix sum), ``triton_scan.py`` / ``triton_scores.py`` /
+``triton_read.py``
+(GPU kernels) <- this file (the cores) <-
 ``memory.py`` (the modules: they unpack their weights and call :func:`cores`) <-
 ``modeling.py``. The slow oracles of everything here live in ``reference.py``.
 
@@ -38,8 +40,10 @@ Math is docs/model.md sections 3-4, unchanged; three rewrites make it cheap:
   [B, T, N, M] fp32 sum round-trips through memory between graphs in forward.
 
 The per-group inclusive prefix sum is ``scan.blocked_segmented_prefix_sum`` (fp32, static
-shapes, blocked so partial sums stay small); its exact oracle is the fp64
-``reference.segmented_prefix_sum``, which inductor cannot compile.
+shapes, blocked so partial sums stay small); on the GPU (fp32 increments) one Triton kernel
+per direction (``triton_scan``: reads the increments once, writes S once, sums in fixed-point
+turns). Its exact oracle is the fp64 ``reference.segmented_prefix_sum``, which inductor cannot
+compile.
 
 Precision: phase arithmetic (anchors + state, sin/cos, scores, softmax, the scan) is fp32;
 matmul inputs are cast to the weights' dtype (bf16 in training); the phase features enter
@@ -60,7 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pmnet.model import triton_read, triton_scores
+from pmnet.model import triton_read, triton_scan, triton_scores
 from pmnet.model.scan import TWO_PI, blocked_segmented_prefix_sum
 
 
@@ -256,11 +260,13 @@ def scan_core(delta: Tensor, group: Tensor, carried: Tensor, training: bool) -> 
     """Gradient scale 1/sqrt(c) (training) and the per-group prefix sum.
 
     delta [B, T, N, M], group [B, T], carried [B, G, N, M] -> (S [B, T, N, M], state [B, G, N, M]).
+    The Triton kernel (``triton_scan``) where it applies (CUDA, fp32), else the blocked scan.
     """
     b, t, n, m = delta.shape
     if training:
         delta = grad_scaled(delta, group, carried.shape[1])  # same value, gradient / sqrt(c)
-    s, state = blocked_segmented_prefix_sum(delta.reshape(b, t, n * m), group, carried.reshape(b, -1, n * m))
+    scan = triton_scan.segmented_prefix_sum if triton_scan.available(delta) else blocked_segmented_prefix_sum
+    s, state = scan(delta.reshape(b, t, n * m), group, carried.reshape(b, -1, n * m))
     return s.view(b, t, n, m), state.view(carried.shape)
 
 

@@ -22,6 +22,10 @@ worst case for same-sign increments of ~2.4 rad (partial sums grow fastest). The
 per-step reference loop rounds at every one of its T steps, so it is no more exact.
 Gradients flow through gathers and cumsums; ``remainder`` has gradient 1, as in the reference.
 
+On the GPU with fp32 increments, ``fused.scan_core`` runs ``triton_scan.segmented_prefix_sum``
+instead (same contract, one kernel per direction, exact fixed-point sums); this function stays
+the path everywhere else and the kernel's comparison in the tests and the benchmark.
+
 Shape letters: B batch, T positions, D = N x M flattened phases, G groups, C block.
 """
 
