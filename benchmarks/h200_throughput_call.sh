@@ -186,6 +186,7 @@ elif [ "$PART" = ab ]; then
     # environment switches in AB_SETS ("label:VAR=1 VAR2=0;label2:..."; the first is the
     # baseline), STEPS steps each, the same shards and compile cache, a profile of step STEPS-2,
     # and the median bytes/s of each (benchmarks/window_attention.py logs).
+    if [ "${AB_MICRO:-1}" = 1 ]; then  # AB_MICRO=0: the launcher runs only
     stamp "GPU tests of the Triton kernels"
     timeout "${KERNEL_TESTS_S:-240}" "$PY" -m pytest -q -rA --tb=short -p no:cacheprovider -m gpu \
         -k "not compiled_decoder_layers" tests/model/test_triton_read.py tests/model/test_triton_scores.py \
@@ -198,6 +199,7 @@ elif [ "$PART" = ab ]; then
         timeout 150 "$PY" benchmarks/$bench.py --json "$OUT/$bench.json" > "$OUT/$bench.txt" 2>&1
         echo "exit $?"; grep -v -i warn "$OUT/$bench.txt" | tail -8
     done
+    fi
     stamp "shard $TEXT"
     rm -rf /tmp/pmd && "$PY" tools/shard_dataset.py "$TEXT" --out /tmp/pmd --sample-bytes 8193 \
         --val-fraction 0.02 --no-progress 2>&1 | tail -1
