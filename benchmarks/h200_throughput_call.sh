@@ -189,11 +189,11 @@ elif [ "$PART" = ab ]; then
     if [ "${AB_MICRO:-1}" = 1 ]; then  # AB_MICRO=0: the launcher runs only
     stamp "GPU tests of the Triton kernels"
     timeout "${KERNEL_TESTS_S:-240}" "$PY" -m pytest -q -rA --tb=short -p no:cacheprovider -m gpu \
-        -k "not compiled_decoder_layers" tests/model/test_triton_read.py tests/model/test_triton_scores.py \
+        -k "not compiled_decoder_layers" tests/model/test_triton_scores.py \
         $(ls tests/model/test_triton_scan.py 2>/dev/null) tests/model/test_fast_path.py tests/model/test_model_gpu.py \
         > "$OUT/gpu_tests_kernels.txt" 2>&1
     grep -E "^(PASSED|FAILED|ERROR)|passed|failed" "$OUT/gpu_tests_kernels.txt" | tail -24
-    for bench in read_kernel scan_kernel; do
+    for bench in scan_kernel flex_window; do
         [ -f "benchmarks/$bench.py" ] || continue
         stamp "benchmarks/$bench.py"
         timeout 150 "$PY" benchmarks/$bench.py --json "$OUT/$bench.json" > "$OUT/$bench.txt" 2>&1
@@ -203,7 +203,7 @@ elif [ "$PART" = ab ]; then
     stamp "shard $TEXT"
     rm -rf /tmp/pmd && "$PY" tools/shard_dataset.py "$TEXT" --out /tmp/pmd --sample-bytes 8193 \
         --val-fraction 0.02 --no-progress 2>&1 | tail -1
-    IFS=';' read -ra SETS <<< "${AB_SETS:-inductor:PMNET_TRITON_READ=0;kernels:}"
+    IFS=";" read -ra SETS <<< "${AB_SETS:-blocked-scan:PMNET_TRITON_SCAN=0;triton-scan:}"
     logs=()
     for set in "${SETS[@]}"; do
         label="${set%%:*}"; read -ra envs <<< "${set#*:}"

@@ -1,7 +1,6 @@
 """The fast path's memory read and write as pure tensor functions ("cores"), optionally torch.compile'd.
 
-Layering: ``scan.py`` (the blocked fp32 prefix sum), ``triton_scan.py`` / ``triton_scores.py`` /
-``triton_read.py``
+Layering: ``scan.py`` (the blocked fp32 prefix sum), ``triton_scan.py`` / ``triton_scores.py``
 (GPU kernels) <- this file (the cores) <-
 ``memory.py`` (the modules: they unpack their weights and call :func:`cores`) <-
 ``modeling.py``. The slow oracles of everything here live in ``reference.py``.
@@ -30,10 +29,6 @@ Math is docs/model.md sections 3-4, unchanged; three rewrites make it cheap:
   per byte). The interchange weights are unchanged:
   ``proj_kv.weight`` rows [0, RM) are the key half, rows [RM, 2RM) the value half
   (head r's values are rows RM + rM .. RM + (r+1)M).
-* The read's softmax over the N slots and its weighted sum of their features ``g_r`` are, on the
-  GPU, one Triton kernel each way (``triton_read``): the features are read once per pass, g is
-  written in the projection dtype, and the backward's three reductions (feature gradient,
-  ``dg . f``, softmax backward) are one pass.
 * The P reads of a level see the same angles ``Phi + S + E_k[g]``: ``level_core`` computes
   their slot features once per level, fused with ``Phi + S``, and the reads take the features
   (``read_core``); the write adds its anchors inside its own graph (``write_core``). No
@@ -64,7 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pmnet.model import triton_read, triton_scan, triton_scores
+from pmnet.model import triton_scan, triton_scores
 from pmnet.model.scan import TWO_PI, blocked_segmented_prefix_sum
 
 
@@ -138,17 +133,6 @@ def weighted_features(a: Tensor, feats: Tensor) -> Tensor:
     return torch.matmul(a, feats.float())
 
 
-def attention_weighted_features(scores: Tensor, feats: Tensor, m: int) -> Tensor:
-    """``g_r = sum_n softmax(scores_r / sqrt(M))_n f_n``: scores [B, T, R, N] fp32, feats [B, T, N, 2M].
-
-    On the GPU one Triton kernel each way (``triton_read``: g in the features' dtype, the
-    projection's input); otherwise the softmax in fp32 and :func:`weighted_features` (g fp32).
-    """
-    if triton_read.available(feats):
-        return triton_read.attention_weighted_features(scores, feats, m)
-    return weighted_features(torch.softmax(scores / math.sqrt(m), dim=-1), feats)
-
-
 def level_core(
     phase: Tensor, increment: Tensor | None, anchor: Tensor | None, dtype: torch.dtype
 ) -> tuple[Tensor, Tensor]:
@@ -191,8 +175,8 @@ def read_core(
     x = rms_norm(h, norm_w, eps)
     q = (math.pi * torch.tanh(F.linear(x, wq, bq).float())).view(b, t, r, m)  # [B, T, R, M]
     k_pre = F.linear(feats, wkv[:rm], bkv[:rm])  # [B, T, N, RM]: key half only, before pi tanh
-    scores = tanh_key_scores(q, k_pre, r)  # [B, T, R, N]
-    g = attention_weighted_features(scores, feats, m)  # [B, T, R, 2M]: attention-weighted features per head
+    a = torch.softmax(tanh_key_scores(q, k_pre, r) / math.sqrt(m), dim=-1)  # [B, T, R, N]
+    g = weighted_features(a, feats)  # [B, T, R, 2M]: attention-weighted features per head
     if fold_value_out(wo.shape[0], m):
         w_eff, b_eff = value_out_weights(wkv, bkv, wo, bo, r)
         return F.linear(g.reshape(b, t, 2 * rm).to(wo.dtype), w_eff, b_eff)

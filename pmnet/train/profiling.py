@@ -31,6 +31,7 @@ FAMILIES = {
     "gemm (cuBLAS/CUTLASS)": ("gemm", "nvjet", "cutlass", "sm90_xmma", "cublas"),
     "flex attention": ("flex", "_tem_"),
     "phase-score kernels (triton_scores)": ("_scores_fwd_kernel", "_scores_bwd_kernel"),
+    "phase scan kernel (triton_scan)": ("_scan_kernel",),
     "triton (inductor fused)": ("triton",),
     "sort/scan/gather (aten)": ("sort", "scan", "gather", "scatter", "index", "embedding"),
     "copies/fill": ("copy", "fill", "memcpy", "memset", "cat"),

@@ -67,20 +67,9 @@ def test_fast_path_layers() -> None:
         "state": set(),
         "reference": {"scan", "state"},
         "triton_scan": {"scan"},
-        "triton_read": set(),
-        "fused": {"scan", "state", "triton_read", "triton_scan", "triton_scores"},
+        "fused": {"scan", "state", "triton_scan", "triton_scores"},
         # config (and what it uses: the FLOP counter) sits below everything
-        "memory": {
-            "scan",
-            "state",
-            "reference",
-            "fused",
-            "triton_read",
-            "triton_scan",
-            "triton_scores",
-            "layers",
-            "config",
-        }
+        "memory": {"scan", "state", "reference", "fused", "triton_scan", "triton_scores", "layers", "config"}
         | _reaches(graph, "config"),
     }
     for mod, allowed in below.items():

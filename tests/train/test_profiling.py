@@ -43,7 +43,7 @@ def test_bad_profile_settings_are_one_line_errors(shards: Path, tmp_path: Path) 
 
 def test_kernel_families() -> None:
     """Profiler names land in the right family: aten's ``..._elementwise_kernel`` is not Triton,
-    the phase-score kernels are counted apart from inductor's."""
+    the phase-score and scan kernels are counted apart from inductor's and aten's."""
     from types import SimpleNamespace
 
     from torch.autograd import DeviceType
@@ -54,6 +54,7 @@ def test_kernel_families() -> None:
         "void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<float>>": 1000.0,
         "_scores_bwd_kernel": 2000.0,
         "_scores_fwd_kernel": 500.0,
+        "_scan_kernel": 1500.0,
         "triton_poi_fused_add_cos_0": 3000.0,
         "nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_NNT": 4000.0,
     }
@@ -64,10 +65,12 @@ def test_kernel_families() -> None:
         SimpleNamespace(key="triton_poi_fused_add_cos_0", self_device_time_total=3000.0, device_type=DeviceType.CPU),
     ]
     text = device_time_by_family(events, 1, wall_s=0.021)
-    assert "10.5 ms/step" in text.splitlines()[0] and "busy 50%" in text.splitlines()[0], text
+    assert "12.0 ms/step" in text.splitlines()[0] and "busy 57%" in text.splitlines()[0], text
     rows = [re.match(r"#\s+(.+?)\s+([\d.]+) ms", ln) for ln in text.splitlines()[1:]]
     ms = {m.group(1): float(m.group(2)) for m in rows if m}
     assert ms["phase-score kernels (triton_scores)"] == 2.5
+    assert ms["phase scan kernel (triton_scan)"] == 1.5
+    assert ms["sort/scan/gather (aten)"] == 0.0
     assert ms["triton (inductor fused)"] == 3.0
     assert ms["other aten elementwise/reduce"] == 1.0
     assert ms["gemm (cuBLAS/CUTLASS)"] == 4.0
