@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.scan_kernel import cuda_ms
 
 CONFIGS: list[tuple[str, int, dict[str, Any] | None]] = [
     ("default", 128, None),
@@ -34,18 +37,6 @@ CONFIGS: list[tuple[str, int, dict[str, Any] | None]] = [
     ("mask128-bwd64-w8", 128, {"BLOCK_M1": 64, "BLOCK_N1": 128, "BLOCK_M2": 128, "BLOCK_N2": 64, "num_warps": 8}),
     ("mask128-stages2", 128, {"num_stages": 2}),
 ]
-
-
-def _time(fn: Any, reps: int) -> float:
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -82,8 +73,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             for _ in range(3):
                 res = fwd_bwd()
             fwd()
-            row["forward_ms"] = _time(fwd, args.reps)
-            row["forward_backward_ms"] = _time(fwd_bwd, args.reps)
+            row["forward_ms"] = cuda_ms(fwd, args.reps, 0)
+            row["forward_backward_ms"] = cuda_ms(fwd_bwd, args.reps, 0)
             if base is None:
                 base = res
             row["max_diff_vs_default"] = max(float((x.float() - y.float()).abs().max()) for x, y in zip(res, base))

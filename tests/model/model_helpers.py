@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -49,3 +50,55 @@ def random_ids(b: int, t: int, seed: int = 1) -> torch.Tensor:
     """[B, T] random byte ids (no PAD)."""
     g = torch.Generator().manual_seed(seed)
     return torch.randint(1, 256, (b, t), generator=g)
+
+
+def compiled_with_and_without(
+    set_enabled: Callable[[bool], None], dtype: torch.dtype = torch.float32
+) -> tuple[float, float, float]:
+    """A sharpened tiny flex model on CUDA, compiled memory cores, with a kernel switched off then on
+    (``set_enabled``): (loss off, loss on, cosine similarity of all parameter gradients)."""
+    model = build(tiny_cfg(attn_backend="flex"), sharpen=2.0).cuda().to(dtype)
+    ids = random_ids(2, 256).cuda()
+    results = []
+    for enabled in (False, True):
+        set_enabled(enabled)
+        try:
+            model.compile_memory_cores(True)
+            logits, _ = model(ids)
+            loss = torch.nn.functional.cross_entropy(logits[:, :-1].float().flatten(0, 1), ids[:, 1:].flatten())
+            grads = torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad])
+            results.append((loss.item(), torch.cat([g.float().flatten() for g in grads])))
+        finally:
+            model.compile_memory_cores(False)
+            set_enabled(True)
+    (l0, g0), (l1, g1) = results
+    return l0, l1, float(torch.nn.functional.cosine_similarity(g0, g1, dim=0))
+
+
+def lower_for_hopper(kernels: list[tuple[Any, dict[str, str], dict[str, Any]]]) -> list[str]:
+    """Triton-IR text of each ``(kernel, signature, constexprs)`` lowered for sm_90 on this machine.
+
+    The GPU's compile path run on a CPU: the interpreter does not catch, e.g., a non-constexpr
+    global read inside a kernel; this does. Skips the calling test where Triton's internal API moved
+    (the GPU tests still compile the kernels)."""
+    import pytest
+
+    try:
+        from triton._C.libtriton import ir
+        from triton.backends.compiler import GPUTarget
+        from triton.backends.nvidia.compiler import CUDABackend
+        from triton.compiler import ASTSource
+    except ImportError as err:
+        pytest.skip(f"triton internals unavailable: {err}")
+    target = GPUTarget("cuda", 90, 32)
+    backend = CUDABackend(target)
+    opts = backend.parse_options({})
+    ctx = ir.context()
+    ir.load_dialects(ctx)
+    backend.load_dialects(ctx)
+    texts = []
+    for fn, sig, consts in kernels:
+        src = ASTSource(fn, sig, constexprs=consts)
+        module = src.make_ir(target, opts, backend.get_codegen_implementation(opts), backend.get_module_map(), ctx)
+        texts.append(str(module))
+    return texts
