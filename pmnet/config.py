@@ -119,7 +119,13 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     "Where to train (auto: cuda when available)."
     compile: bool = False
-    "torch.compile each decoder layer."
+    "torch.compile the fast path on CUDA (pmnet.model.compiled.compile_fast_path; ignored on CPU)."
+    compile_mode: Literal["modules", "layers"] = "modules"
+    (
+        "What train.compile compiles: 'modules' (one graph per module class shared by all layers, plus the "
+        "memory cores; compiles fastest) or 'layers' (each decoder layer whole: residual adds and the sums of "
+        "gradients between graphs fuse too, at the cost of one graph per distinct layer)."
+    )
     compile_cache_dir: str | None = None
     (
         "Folder for torch.compile's caches (inductor graphs, AOTAutograd, Triton kernels), kept across restarts "

@@ -161,8 +161,8 @@ def build_model(cfg: Config, ds_config: dict[str, Any]) -> nn.Module:
         model = PMNetForCausalLM(cfg.model)
     model.set_activation_checkpointing(cfg.train.activation_checkpointing)
     if cfg.train.compile and cfg.train.device != "cpu" and torch.cuda.is_available():
-        # shared compiled graphs for all layers + compiled memory cores (pmnet/model/compiled.py)
-        compile_fast_path(model)
+        # shared compiled graphs for all layers + compiled memory cores, or whole layers (pmnet/model/compiled.py)
+        compile_fast_path(model, cfg.train.compile_mode)
     if cfg.deepspeed.zero_stage == 3 and cfg.model.use_memory:
         # The fused memory paths read their sub-modules' weights directly (norm.weight, proj_*.weight)
         # without calling those sub-modules, so ZeRO-3 must gather the whole memory module at its
