@@ -183,8 +183,8 @@ elif [ "$PART" = dropout ]; then
 elif [ "$PART" = ab ]; then
     # issue 16: fast-path kernels on vs off. The GPU tests of the Triton kernels, their
     # micro-benchmarks, then the real 119M config through the launcher once per set of
-    # environment switches in AB_SETS ("label:VAR=1 VAR2=0;label2:..."; the first is the
-    # baseline), STEPS steps each, the same shards and compile cache, a profile of step STEPS-2,
+    # environment switches and config overrides in AB_SETS ("label:VAR=1 train.key=value;label2:...";
+    # the first is the baseline), STEPS steps each, the same shards and compile cache, a profile of step STEPS-2,
     # and the median bytes/s of each (benchmarks/window_attention.py logs).
     if [ "${AB_MICRO:-1}" = 1 ]; then  # AB_MICRO=0: the launcher runs only
     stamp "GPU tests of the Triton kernels"
@@ -206,15 +206,20 @@ elif [ "$PART" = ab ]; then
     IFS=";" read -ra SETS <<< "${AB_SETS:-blocked-scan:PMNET_TRITON_SCAN=0;triton-scan:}"
     logs=()
     for set in "${SETS[@]}"; do
-        label="${set%%:*}"; read -ra envs <<< "${set#*:}"
-        stamp "119M through launchers/pretrain.sh, $label (${envs[*]:-defaults}), $STEPS steps"
+        label="${set%%:*}"; read -ra items <<< "${set#*:}"
+        envs=(); overrides=()  # NAME=value (upper case): environment; anything else: a config override
+        for item in "${items[@]}"; do
+            if [[ "$item" =~ ^[A-Z_][A-Z0-9_]*= ]]; then envs+=("$item"); else overrides+=("$item"); fi
+        done
+        stamp "119M through launchers/pretrain.sh, $label (${items[*]:-defaults}), $STEPS steps"
         rm -rf /tmp/runs
         env "${envs[@]}" timeout --preserve-status -s TERM -k 20 "${AB_RUN_S:-170}" bash launchers/pretrain.sh \
             configs/pmnet_119m.yaml 'data.streams=[{local: /tmp/pmd, split: train}]' 'data.val_streams=[]' \
             train.max_steps="$STEPS" optim.warmup_steps=10 eval.interval=0 checkpoint.interval=100000 \
             checkpoint.save_at_end=false logging.console_interval=2 logging.log_interval=2 \
             train.run_root=/tmp/runs train.run_name=p119 logging.profile_at_step=$((STEPS - 2)) \
-            logging.profile_steps=1 train.compile_cache_dir=/tmp/pmnet_compile_cache > "$OUT/ab_$label.log" 2>&1
+            logging.profile_steps=1 train.compile_cache_dir=/tmp/pmnet_compile_cache "${overrides[@]}" \
+            > "$OUT/ab_$label.log" 2>&1
         echo "exit $?"
         grep -E "step +[0-9]+/" "$OUT/ab_$label.log" | tail -2
         cp /tmp/runs/p119/profile/steps_*.txt "$OUT/profile_$label.txt" 2>/dev/null && head -11 "$OUT/profile_$label.txt" | tail -9
