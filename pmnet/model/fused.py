@@ -109,16 +109,19 @@ def phase_scores_fused(q: Tensor, key: Tensor) -> Tensor:
     return phase_scores(q, key)
 
 
-def tanh_key_scores(q: Tensor, k_pre: Tensor, heads: int) -> Tensor:
-    """``sum_j cos(q_r,j - pi tanh(k_pre_n,rM+j))``: q [..., R, M] fp32, k_pre [..., N, R*M] -> [..., R, N].
+def tanh_key_scores(q_pre: Tensor, k_pre: Tensor, heads: int) -> Tensor:
+    """``sum_j cos(pi tanh(q_pre_r,j) - pi tanh(k_pre_n,rM+j))``: the query and key projections' outputs,
+    q_pre [..., R*M] and k_pre [..., N, R*M] -> [..., R, N] fp32.
 
-    bf16 / fp16 keys on the GPU: one Triton kernel each way (``triton_scores``); otherwise the
-    key is squashed in fp32 and scored by :func:`phase_scores_fused`.
+    bf16 / fp16 keys on the GPU: one Triton kernel each way (``triton_scores``), which squashes
+    both; otherwise both are squashed in fp32 and scored by :func:`phase_scores_fused`.
     """
     if triton_scores.available(k_pre):
-        return triton_scores.fused_scores(q.flatten(-2), k_pre, heads)
+        return triton_scores.fused_scores(q_pre, k_pre, heads)
     *lead, n, rm = k_pre.shape
-    key = (math.pi * torch.tanh(k_pre.float())).view(*lead, n, heads, rm // heads).transpose(-3, -2)
+    m = rm // heads
+    q = (math.pi * torch.tanh(q_pre.float())).view(*lead, heads, m)  # [..., R, M]
+    key = (math.pi * torch.tanh(k_pre.float())).view(*lead, n, heads, m).transpose(-3, -2)
     return phase_scores_fused(q, key)  # [..., R, N]
 
 
@@ -173,9 +176,9 @@ def read_core(
     r = heads
     rm = r * m
     x = rms_norm(h, norm_w, eps)
-    q = (math.pi * torch.tanh(F.linear(x, wq, bq).float())).view(b, t, r, m)  # [B, T, R, M]
+    q_pre = F.linear(x, wq, bq)  # [B, T, RM]: R heads of M, before pi tanh
     k_pre = F.linear(feats, wkv[:rm], bkv[:rm])  # [B, T, N, RM]: key half only, before pi tanh
-    a = torch.softmax(tanh_key_scores(q, k_pre, r) / math.sqrt(m), dim=-1)  # [B, T, R, N]
+    a = torch.softmax(tanh_key_scores(q_pre, k_pre, r) / math.sqrt(m), dim=-1)  # [B, T, R, N]
     g = weighted_features(a, feats)  # [B, T, R, 2M]: attention-weighted features per head
     if fold_value_out(wo.shape[0], m):
         w_eff, b_eff = value_out_weights(wkv, bkv, wo, bo, r)
@@ -233,10 +236,10 @@ def write_core(
     phi = phase if anchor is None else phase + anchor
     m = phi.shape[-1]
     x = rms_norm(h, norm_w, eps)
-    q = math.pi * torch.tanh(F.linear(x, wq, bq).float())  # [B, T, M]
+    q_pre = F.linear(x, wq, bq)  # [B, T, M], before pi tanh
     theta = math.pi * torch.tanh(F.linear(F.linear(x, wv, bv), wo, bo).float())  # [B, T, M]
     k_pre = F.linear(phase_features(phi, wk.dtype), wk, bk)  # [B, T, N, M], before pi tanh
-    s = torch.softmax(tanh_key_scores(q.unsqueeze(-2), k_pre, 1).squeeze(-2) / math.sqrt(m), dim=-1)  # [B, T, N]
+    s = torch.softmax(tanh_key_scores(q_pre, k_pre, 1).squeeze(-2) / math.sqrt(m), dim=-1)  # [B, T, N]
     return s, s[..., None] * theta[:, :, None, :]
 
 

@@ -38,14 +38,16 @@ def test_kernels_lower_to_triton_ir_for_hopper() -> None:
     from pmnet.model import triton_scores as ts
     from tests.model.model_helpers import lower_for_hopper
 
-    blocks = dict(R=4, N=4, M=512, BLOCK_P=8, BLOCK_M=512, FAST=True)
     kernels = []
-    for fn, ptrs, consts in [
-        (ts._scores_fwd_kernel, ["q_ptr", "k_ptr", "s_ptr"], {**blocks, "BLOCK_N": 4}),
-        (ts._scores_bwd_kernel, ["q_ptr", "k_ptr", "ds_ptr", "dq_ptr", "dk_ptr"], blocks),
-    ]:
-        sig = {name: ("*bf16" if name.startswith(("k_", "dk_")) else "*fp32") for name in ptrs}
-        kernels.append((fn, sig | {"P": "i32"} | {k: "constexpr" for k in consts}, consts))
+    for q_tanh in (False, True):  # the query squashed in fp32, or the projection's bf16 output
+        blocks = dict(R=4, N=4, M=512, BLOCK_P=8, BLOCK_M=512, FAST=True, Q_TANH=q_tanh)
+        for fn, ptrs, consts in [
+            (ts._scores_fwd_kernel, ["q_ptr", "k_ptr", "s_ptr"], {**blocks, "BLOCK_N": 4}),
+            (ts._scores_bwd_kernel, ["q_ptr", "k_ptr", "ds_ptr", "dq_ptr", "dk_ptr"], blocks),
+        ]:
+            bf16 = ("k_", "dk_", "q_", "dq_") if q_tanh else ("k_", "dk_")
+            sig = {name: ("*bf16" if name.startswith(bf16) else "*fp32") for name in ptrs}
+            kernels.append((fn, sig | {"P": "i32"} | {k: "constexpr" for k in consts}, consts))
     assert all("tt.func" in text for text in lower_for_hopper(kernels))
 
 
@@ -64,10 +66,10 @@ def test_fast_kernel_close_to_fp64(shape: tuple[int, int, int, int]) -> None:
     p, n, r, m = shape
     torch.manual_seed(0)
     dev = torch.device("cuda")
-    q = (torch.pi * torch.tanh(torch.randn(p, r * m, device=dev))).requires_grad_()
+    q = torch.randn(p, r * m, device=dev).to(torch.bfloat16).requires_grad_()  # the query projection's output
     k = (torch.randn(p, n, r * m, device=dev) * 1.5).to(torch.bfloat16).requires_grad_()
     out = ts.fused_scores(q, k, r)
-    ref = ts.scores_reference(q.double(), k.double(), r)
+    ref = ts.scores_reference(q.double(), k.double(), r, q_tanh=True)
     g = torch.randn_like(out)
     dq, dk = torch.autograd.grad(out, (q, k), g)
     rq, rk = torch.autograd.grad(ref, (q, k), g.double())
@@ -75,7 +77,7 @@ def test_fast_kernel_close_to_fp64(shape: tuple[int, int, int, int]) -> None:
     # below the 1/sqrt(M) softmax temperature's resolution
     assert (out.double() - ref).abs().max() < 2e-3 * m**0.5
     assert (dq.double() - rq).abs().max() < 1e-2 * (1 + rq.abs().max())
-    assert dk.dtype == torch.bfloat16
+    assert dk.dtype == dq.dtype == torch.bfloat16  # both in their projection's dtype
     assert (dk.double() - rk).abs().max() < 2e-2 * (1 + rk.abs().max())  # bf16 output rounding
 
 
