@@ -102,3 +102,21 @@ def lower_for_hopper(kernels: list[tuple[Any, dict[str, str], dict[str, Any]]]) 
         module = src.make_ir(target, opts, backend.get_codegen_implementation(opts), backend.get_module_map(), ctx)
         texts.append(str(module))
     return texts
+
+
+def run_interpreted(module: str) -> dict[str, float]:
+    """Run ``python -m module`` under Triton's CPU interpreter (``TRITON_INTERPRET`` is read when the
+    kernels are defined, hence a subprocess); returns the JSON of its last stdout line."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-m", module], cwd=REPO, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])

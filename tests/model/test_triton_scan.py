@@ -8,7 +8,6 @@ compiled model with and without the kernel.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import subprocess
@@ -32,13 +31,9 @@ def _angle_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def test_interpreted_kernel_matches_fp64_values_and_grads() -> None:
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "tests.model.triton_scan_check"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    from tests.model.model_helpers import run_interpreted
+
+    res = run_interpreted("tests.model.triton_scan_check")
     # S is exact up to its final rounding to fp32 (1 ulp of 2 pi = 4.8e-7), at any length
     for name in ("value", "state", "long_g1_same_sign", "long_g64_same_sign", "long_g1_random_sign"):
         assert res[name] < 2e-6, (name, res)

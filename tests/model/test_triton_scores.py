@@ -7,27 +7,16 @@ fast path uses on bf16 keys, and the compiled read / write with and without the 
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
-
-from tests.conftest import REPO
 
 triton = pytest.importorskip("triton")
 
 
 def test_interpreted_kernels_match_torch_values_and_grads() -> None:
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "tests.model.triton_scores_check"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    worst = json.loads(proc.stdout.strip().splitlines()[-1])
+    from tests.model.model_helpers import run_interpreted
+
+    worst = run_interpreted("tests.model.triton_scores_check")
     assert worst["value"] < 1e-5 and worst["dq"] < 1e-5 and worst["dk"] < 1e-5, worst
 
 
