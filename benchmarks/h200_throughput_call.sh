@@ -9,7 +9,8 @@
 #           TEXT_DIR sharded into 8,193-byte samples, then long-context eval speed / BPB.
 #   curve:  the 119M fast-vs-reference bf16 loss curve over STEPS (default 200 here) steps on TEXT_DIR.
 #   tests:  the slow GPU tests (whole-layer compilation; evaluation, with TEXT_DIR as the books).
-#   restart:  issue 16: seconds to the first step, cold and on a restart with the compile cache.
+#   restart:  issue 16: seconds to the first step, cold and on a restart with the compile cache
+#           (RESTART_OVERRIDES: config overrides for both; RESTART_STEPS: the warm run's last step).
 #   evalrate: issue 16: long-context evaluation speed call by call (TEXT_DIR: books >= 512 KiB).
 #   suite:    every GPU-marked test but the whole-layer compilation ones (TEXT_DIR: books).
 #   agree:    issue 16: flex (GPU) vs sdpa (CPU) per-position BPB, routing flips counted.
@@ -121,9 +122,12 @@ elif [ "$PART" = restart ]; then
     stamp "shard $TEXT"
     rm -rf /tmp/pmd /tmp/runs && "$PY" tools/shard_dataset.py "$TEXT" --out /tmp/pmd --sample-bytes 8193 \
         --val-fraction 0.02 --no-progress 2>&1 | tail -1
+    # RESTART_OVERRIDES: config overrides for both runs (e.g. train.compile_mode=layers);
+    # RESTART_STEPS: where the warm run stops (more steps: its bytes/s too, logged every 2 steps)
+    read -ra extra <<< "${RESTART_OVERRIDES:-}"
     common=(configs/pmnet_119m.yaml 'data.streams=[{local: /tmp/pmd, split: train}]' 'data.val_streams=[]'
-            train.max_steps=4 optim.warmup_steps=2 eval.interval=0 checkpoint.interval=100000
-            logging.console_interval=1 logging.log_interval=1 train.run_root=/tmp/runs train.run_name=r119)
+            train.max_steps="${RESTART_STEPS:-4}" optim.warmup_steps=2 eval.interval=0 checkpoint.interval=100000
+            logging.console_interval=1 logging.log_interval=1 train.run_root=/tmp/runs train.run_name=r119 "${extra[@]}")
     stamp "cold: steps 1-2, then a checkpoint (train.stop_at_step=2)"
     timeout -k 20 300 bash launchers/pretrain.sh "${common[@]}" train.stop_at_step=2 > "$OUT/restart_cold.log" 2>&1
     echo "exit $?"; grep -E "first step done|resumed from|checkpoint saved|^step +[0-9]+" "$OUT/restart_cold.log" | tail -5
