@@ -27,7 +27,8 @@ from pmnet.config import Config
 from pmnet.model import lm_loss
 from pmnet.train.checkpoint import restore_rng_state
 from pmnet.train.distributed import DistEnv, all_reduce_sum
-from pmnet.train.engine import FAMILIES, GuardedAdamW, accumulation_steps, lr_at, param_family, set_lr
+from pmnet.train.engine import GuardedAdamW, accumulation_steps, lr_at, set_lr
+from pmnet.train.grad_norms import family_grad_norms
 from pmnet.train.metrics import LOG
 
 __all__ = ["Hook", "StepStats", "TrainState", "Trainer", "EXIT_OK", "EXIT_TOO_MANY_SKIPS"]
@@ -141,14 +142,7 @@ class Trainer:
 
     def _family_norms(self) -> dict[str, float]:
         """Pre-clip grad norm per module family (a collective under ZeRO: all ranks call it)."""
-        from deepspeed.utils import safe_get_full_grad
-
-        sq = {f: torch.zeros((), dtype=torch.float64, device=self.env.device) for f in (*FAMILIES, "other")}
-        for name, p in self.engine.module.named_parameters():
-            g = safe_get_full_grad(p)
-            if g is not None:
-                sq[param_family(name)] += g.detach().double().pow(2).sum()
-        return {f: math.sqrt(v.item()) for f, v in sq.items() if f != "other" or v.item() > 0}
+        return family_grad_norms(self.engine.module.named_parameters(), self.env.device)
 
     def train_step(self, want_family_norms: bool, want_diagnostics: bool) -> StepStats:
         """Forward/backward every chunk of every micro-batch, then one (possibly skipped) update."""

@@ -40,6 +40,7 @@ def main() -> None:
     from pmnet.config import Config
     from pmnet.model import PMNetConfig, PMNetForCausalLM, lm_loss
     from pmnet.train.checkpoint import load_checkpoint, save_checkpoint
+    from pmnet.train.grad_norms import family_grad_norms, family_grad_norms_reference
 
     rank, world = dist.get_rank(), dist.get_world_size()
     stage, micro, gbatch = spec["stage"], spec.get("micro", 2), spec.get("global_batch", 4)
@@ -56,7 +57,7 @@ def main() -> None:
         "gradient_clipping": 1.0,
         "zero_optimization": {"stage": stage},
         "zero_allow_untested_optimizer": True,
-        "bf16": {"enabled": cfg.train.precision == "bf16"},
+        "bf16": {"enabled": cfg.train.precision == "bf16", "check_grad_overflow": False},  # as pmnet.train.engine
         "steps_per_print": 2**31 - 1,
     }
     if cfg.train.precision == "bf16" and stage > 0:  # as pmnet.train.engine: fp32 accumulation (ZeRO-1: BF16_Optimizer)
@@ -109,6 +110,12 @@ def main() -> None:
             loss = lm_loss(logits.float(), batch[:, 1:])
             loss_sum += loss.item()
             engine.backward(loss)
+            if spec.get("family_norms") and micro_i == gas - 1:  # both are collectives: every rank calls them
+                named = list(engine.module.named_parameters())
+                result.setdefault("family_norms", {})[step + 1] = {
+                    "fast": family_grad_norms(named, torch.device("cpu")),
+                    "reference": family_grad_norms_reference(named, torch.device("cpu")),
+                }
             engine.step()
         pos += gbatch
         step += 1
