@@ -224,6 +224,8 @@ class DeepSpeedConfig:
     "Keep optimizer state on CPU (ZeRO 1/2/3)."
     grad_accum_fp32: bool = True
     "With bf16, accumulate and reduce gradients in fp32 (ZeRO-1 then uses DeepSpeed's BF16_Optimizer); false = bf16."
+    check_grad_overflow: bool = False
+    "DeepSpeed's own bf16 non-finite check under ZeRO-1/2 (per tensor, every step); the trainer's optimizer checks anyway."
     timeout_minutes: int = 30
     "Collective-operation timeout."
 

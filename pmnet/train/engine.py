@@ -111,11 +111,11 @@ def deepspeed_config(cfg: Config, world_size: int) -> dict[str, Any]:
         "train_micro_batch_size_per_gpu": t.micro_batch_size,
         "gradient_accumulation_steps": gas,
         "gradient_clipping": float(t.grad_clip),
-        # check_grad_overflow off: GuardedAdamW makes the skip decision (one norm over the partition,
-        # one all-reduce), as DeepSpeed already leaves it in fp32 and under ZeRO-3. Its own ZeRO-1/2
-        # bf16 check costs about six kernels per parameter tensor plus a host sync every step (the
-        # H200 trace of the 119M step: some 1,800 launches in the step's tail, the GPU idle).
-        "bf16": {"enabled": t.precision == "bf16", "check_grad_overflow": False},
+        # check_grad_overflow (default off): GuardedAdamW makes the skip decision (one norm over the
+        # partition, one all-reduce), as DeepSpeed already leaves it in fp32 and under ZeRO-3. Its own
+        # ZeRO-1/2 bf16 check costs about six kernels per parameter tensor plus a host sync every step
+        # (the H200 trace of the 119M step: some 1,500 launches in the step's tail, the GPU idle).
+        "bf16": {"enabled": t.precision == "bf16", "check_grad_overflow": ds.check_grad_overflow},
         "zero_optimization": zero,
         "zero_allow_untested_optimizer": True,
         "zero_force_ds_cpu_optimizer": False,
