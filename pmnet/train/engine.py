@@ -21,6 +21,7 @@ import math
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from pmnet.config import Config, OptimConfig
@@ -28,7 +29,7 @@ from pmnet.families import FAMILIES, param_family
 from pmnet.model import PMNetForCausalLM
 from pmnet.model.compiled import compile_fast_path
 from pmnet.model.memory import PhasorMemoryRead, PhasorMemoryWrite
-from pmnet.train.distributed import DistEnv, all_reduce_max
+from pmnet.train.distributed import DistEnv
 
 __all__ = [
     "FAMILIES",
@@ -138,19 +139,24 @@ class GuardedAdamW(torch.optim.AdamW):
     def __init__(self, params: Any, *, device: torch.device, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
         self._device = device
-        self.force_skip = False
-        "Set by the trainer before the boundary step when a loss on this rank was not finite."
+        self.force_skip: bool | torch.Tensor = False
+        """Set by the trainer before the boundary step: True, or a device flag (non-zero: a loss on
+        this rank was not finite). A flag costs no host sync where it is set: it is read here, in
+        the one sync this step makes."""
         self.skipped = False
         "Whether the last call skipped (identical on all ranks)."
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
         grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
-        bad = self.force_skip
-        if grads and not bad:
-            norms = torch._foreach_norm(grads)
-            bad = not bool(torch.isfinite(torch.stack([n.float() for n in norms])).all())
-        self.skipped = all_reduce_max([float(bad)], self._device)[0] > 0
+        flags = [torch.as_tensor(self.force_skip, device=self._device).float().reshape(1)]
+        if grads:
+            norms = torch.stack([n.float() for n in torch._foreach_norm(grads)])
+            flags.append((~torch.isfinite(norms)).any().float().reshape(1))
+        bad = torch.cat(flags).max().double().reshape(1)
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        self.skipped = bool(bad.item() > 0)
         if self.skipped:
             return None
         return super().step(closure)

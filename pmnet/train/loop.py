@@ -181,7 +181,7 @@ class Trainer:
                 engine.backward(loss)
                 last = micro == self.accumulation - 1 and k == self.chunks - 1
                 if last:
-                    self.optimizer.force_skip = not bool(torch.isfinite(loss_sum))
+                    self.optimizer.force_skip = ~torch.isfinite(loss_sum)  # read in the optimizer's one sync
                     if want_family_norms:
                         family = self._family_norms()
                     if self.cfg.deepspeed.zero_stage == 0:  # DeepSpeed keeps no norm without ZeRO in fp32
