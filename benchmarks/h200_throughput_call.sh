@@ -230,8 +230,9 @@ elif [ "$PART" = ab ]; then
         "$PY" -c "from pmnet.eval.run_logs import read_scalars as r; m = r('/tmp/runs/p119', ('perf/gpu_mem_gb',))['perf/gpu_mem_gb'][1]; print(f'peak GPU memory {m.max():.2f} GB')" 2>&1 | tail -1
         logs+=("$OUT/ab_$label.log")
     done
-    # medians after the first 3 console lines (steps 2-6: compilation and warm-up)
-    "$PY" benchmarks/window_attention.py logs "${logs[@]}" --skip 3 --json "$OUT/ab_launcher.json"
+    # medians of the console lines after step 1 (compilation) and before the profiled step STEPS-2
+    # (it and the step after it carry the profiler's cost)
+    "$PY" benchmarks/window_attention.py logs "${logs[@]}" --skip 1 --before-step $((STEPS - 2)) --json "$OUT/ab_launcher.json"
 else
     echo "unknown part $PART"; exit 2
 fi

@@ -18,7 +18,7 @@
   ``--seq`` bytes per sequence, per variant ``backend-window/dropout`` (backend eager, sdpa or
   flex; window blocked or dense; flex has no window layout and no dropout).
 * ``logs``: the median ``kB/s`` / ``MB/s`` of the console lines of ``launchers/pretrain.sh``
-  runs (after ``--skip`` warm-up lines), e.g. the 119M config with attention_dropout 0.1 vs 0.0
+  runs (after ``--skip`` warm-up lines, before ``--before-step``), e.g. the 119M config with attention_dropout 0.1 vs 0.0
   (``benchmarks/h200_throughput_call.sh OUT dropout``).
 
 Every mode prints a table and writes ``--json``.
@@ -215,18 +215,19 @@ def bench_train(args: argparse.Namespace) -> dict[str, Any]:
     return {"preset": args.preset, "seq": args.seq, "micro": args.micro, "device": str(device), "rows": rows}
 
 
-_RATE = re.compile(r"step +\d+/\d+ \|.*\| ([0-9.]+) (kB|MB)/s")
+_RATE = re.compile(r"step +(\d+)/\d+ \|.*\| ([0-9.]+) (kB|MB)/s")
 
 
 def bench_logs(args: argparse.Namespace) -> dict[str, Any]:
-    """Median bytes/s of each launcher log's console lines after ``--skip`` warm-up lines."""
+    """Median bytes/s of each launcher log's console lines after ``--skip`` warm-up lines (and, with
+    ``--before-step N``, before step N: a profiled step and the one after it are slower)."""
     rows = []
     for log in args.logs:
         rates = []
         for line in Path(log).read_text(errors="replace").splitlines():
             m = _RATE.search(line)
-            if m:
-                rates.append(float(m.group(1)) * (1e3 if m.group(2) == "kB" else 1e6))
+            if m and (args.before_step <= 0 or int(m.group(1)) < args.before_step):
+                rates.append(float(m.group(2)) * (1e3 if m.group(3) == "kB" else 1e6))
         kept = rates[args.skip :]
         rows.append({"log": str(log), "lines": len(rates), "bytes_per_s": statistics.median(kept) if kept else None})
     base = rows[0]["bytes_per_s"]
@@ -235,7 +236,7 @@ def bench_logs(args: argparse.Namespace) -> dict[str, Any]:
         rate = r["bytes_per_s"]
         ratio = f"{rate / base:8.3f}x" if rate and base else f"{'-':>9}"
         print(f"{r['log']:<48} {r['lines']:>6} {rate or float('nan'):15,.0f} {ratio}")
-    return {"skip": args.skip, "rows": rows}
+    return {"skip": args.skip, "before_step": args.before_step, "rows": rows}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -264,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
         help="comma list of backend[-window]/dropout (the first is the baseline)",
     )
     ap.add_argument("--skip", type=int, default=5, help="logs mode: warm-up console lines left out")
+    ap.add_argument(
+        "--before-step", type=int, default=0, help="logs mode: only lines of steps before this one (0: all)"
+    )
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
