@@ -40,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pmnet.config import Config
 from pmnet.model import PMNetConfig, PMNetForCausalLM, lm_loss
-from pmnet.train.engine import GuardedAdamW, deepspeed_config, param_groups
+from pmnet.train.distributed import DistEnv
+from pmnet.train.engine import build_engine, deepspeed_config
 from pmnet.train.grad_norms import family_grad_norms, family_grad_norms_reference
 
 
@@ -69,16 +70,14 @@ def _timed(fn: Callable[[], Any], cuda: bool) -> float:
 
 
 def _engine(preset: str, check_overflow: bool, device: torch.device) -> tuple[Any, PMNetForCausalLM]:
-    import deepspeed
-
+    """The trainer's own engine (``build_engine``: GuardedAdamW, the DeepSpeed config it writes)."""
     cfg = Config(model=PMNetConfig.from_preset(preset))
     cfg.train.precision, cfg.deepspeed.zero_stage = "bf16", 2
     cfg.train.micro_batch_size = cfg.train.global_batch_size = 1
-    ds = deepspeed_config(cfg, 1)
-    ds["bf16"]["check_grad_overflow"] = check_overflow
+    cfg.deepspeed.check_grad_overflow = check_overflow
     model = PMNetForCausalLM(cfg.model).to(device)
-    opt = GuardedAdamW(param_groups(model, 0.1), device=device, lr=1e-4, fused=device.type == "cuda")
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=ds, dist_init_required=False)
+    env = DistEnv(0, 1, 0, 1, 0, 1, device, "nccl" if device.type == "cuda" else "gloo")
+    engine, _ = build_engine(cfg, model, env, deepspeed_config(cfg, 1))
     return engine, model
 
 

@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 from pmnet.config import ConfigError
 
-__all__ = ["DistEnv", "setup_distributed", "teardown_distributed", "all_reduce_max", "all_reduce_sum", "barrier"]
+__all__ = ["DistEnv", "setup_distributed", "teardown_distributed", "all_reduce_", "all_reduce_sum", "barrier"]
 
 _SHM_OP = "deepspeed_shm_comm"
 
@@ -117,21 +117,17 @@ def teardown_distributed() -> None:
             dist.destroy_process_group()
 
 
-def _reduce(values: list[float], op: dist.ReduceOp.RedOpType, device: torch.device) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float64, device=device)
+def all_reduce_(t: torch.Tensor, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM) -> torch.Tensor:
+    """``t`` reduced in place over all ranks when a group of more than one exists; returns ``t``
+    (device tensors stay on the device: no host sync here)."""
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(t, op=op)
-    return t.tolist()
+    return t
 
 
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     """Element-wise sum of small float lists over all ranks (NaN propagates)."""
-    return _reduce(values, dist.ReduceOp.SUM, device)
-
-
-def all_reduce_max(values: list[float], device: torch.device) -> list[float]:
-    """Element-wise max over all ranks (used for 'any rank says yes' flags)."""
-    return _reduce(values, dist.ReduceOp.MAX, device)
+    return all_reduce_(torch.tensor(values, dtype=torch.float64, device=device)).tolist()
 
 
 def barrier() -> None:

@@ -29,7 +29,7 @@ from pmnet.families import FAMILIES, param_family
 from pmnet.model import PMNetForCausalLM
 from pmnet.model.compiled import compile_fast_path
 from pmnet.model.memory import PhasorMemoryRead, PhasorMemoryWrite
-from pmnet.train.distributed import DistEnv
+from pmnet.train.distributed import DistEnv, all_reduce_
 
 __all__ = [
     "FAMILIES",
@@ -153,9 +153,7 @@ class GuardedAdamW(torch.optim.AdamW):
         if grads:
             norms = torch.stack([n.float() for n in torch._foreach_norm(grads)])
             flags.append((~torch.isfinite(norms)).any().float().reshape(1))
-        bad = torch.cat(flags).max().double().reshape(1)
-        if dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        bad = all_reduce_(torch.cat(flags).max().double().reshape(1), dist.ReduceOp.MAX)
         self.skipped = bool(bad.item() > 0)
         if self.skipped:
             return None

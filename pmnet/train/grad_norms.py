@@ -20,10 +20,10 @@ import math
 from collections.abc import Iterable
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
 from pmnet.families import FAMILIES, param_family
+from pmnet.train.distributed import all_reduce_
 
 _SLOTS = (*FAMILIES, "other")
 
@@ -53,10 +53,6 @@ def local_grad_share(p: nn.Parameter) -> tuple[Tensor | None, bool]:
     return None, False
 
 
-def _group_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
 def family_grad_norms(named_params: Iterable[tuple[str, nn.Parameter]], device: torch.device) -> dict[str, float]:
     """L2 norm of the gradient per family (``pmnet.families``; "other" only when non-zero).
 
@@ -73,8 +69,7 @@ def family_grad_norms(named_params: Iterable[tuple[str, nn.Parameter]], device: 
     for (slot, disjoint), grads in shares.items():
         norms = torch._foreach_norm(grads)
         sq[0 if disjoint else 1, slot] = torch.stack(norms).double().pow(2).sum()
-    if _group_size() > 1:
-        dist.all_reduce(sq[0])  # the disjoint parts only: a whole gradient is counted once, as DeepSpeed returns it
+    all_reduce_(sq[0])  # the disjoint parts only: a whole gradient is counted once, as DeepSpeed returns it
     total = sq.sum(0).tolist()
     return {f: math.sqrt(v) for f, v in zip(_SLOTS, total, strict=True) if f != "other" or v > 0}
 
