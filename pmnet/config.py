@@ -194,6 +194,8 @@ class LoggingConfig:
     "How many optimizer steps to profile."
     profile_trace: bool = False
     "Also write a Chrome / Perfetto trace of the profiled steps (large for big models)."
+    profile_shapes: bool = False
+    "Record operator input shapes: profile/shapes_steps_A-B.txt, the top operators by device time per shape."
 
 
 @dataclass

@@ -21,14 +21,17 @@ def test_profile_of_chosen_steps(shards: Path, tmp_path: Path) -> None:
     plain = _train(base_overrides(shards, tmp_path, "plain", **common))
     assert plain.returncode == 0, plain.stderr[-3000:]
     ov = base_overrides(shards, tmp_path, "prof", logging__profile_at_step=2, logging__profile_steps=2,
-                        logging__profile_trace="true", **common)  # fmt: skip
+                        logging__profile_trace="true", logging__profile_shapes="true", **common)  # fmt: skip
     p = _train(ov)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     prof_dir = tmp_path / "prof" / "profile"
-    assert sorted(f.name for f in prof_dir.iterdir()) == ["steps_2-3.txt", "trace_steps_2-3.json"]
+    names = ["shapes_steps_2-3.txt", "steps_2-3.txt", "trace_steps_2-3.json"]
+    assert sorted(f.name for f in prof_dir.iterdir()) == names
     text = (prof_dir / "steps_2-3.txt").read_text()
     assert "optimizer steps 2-3" in text and "CPU time by family (2 steps" in text
     assert "aten::" in text  # the operator table
+    shapes = (prof_dir / "shapes_steps_2-3.txt").read_text()
+    assert "Input Shapes" in shapes and re.search(r"aten::\S+.*\[\d+, \d+", shapes), shapes[:3000]
     # profiling observes; the run itself is the same (fp32 CPU: identical losses)
     loss = "train/loss"
     assert read_scalars(tmp_path / "prof" / "tb")[loss] == read_scalars(tmp_path / "plain" / "tb")[loss]
