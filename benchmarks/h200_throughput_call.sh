@@ -227,6 +227,7 @@ elif [ "$PART" = ab ]; then
         echo "exit $?"
         grep -E "step +[0-9]+/" "$OUT/ab_$label.log" | tail -2
         cp /tmp/runs/p119/profile/steps_*.txt "$OUT/profile_$label.txt" 2>/dev/null && head -11 "$OUT/profile_$label.txt" | tail -9
+        cp /tmp/runs/p119/profile/shapes_*.txt "$OUT/shapes_$label.txt" 2>/dev/null  # logging.profile_shapes=true
         "$PY" -c "from pmnet.eval.run_logs import read_scalars as r; m = r('/tmp/runs/p119', ('perf/gpu_mem_gb',))['perf/gpu_mem_gb'][1]; print(f'peak GPU memory {m.max():.2f} GB')" 2>&1 | tail -1
         logs+=("$OUT/ab_$label.log")
     done
