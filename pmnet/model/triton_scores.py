@@ -11,10 +11,10 @@ backward of the cosine and the backward of the tanh were three kernels bound by 
 fp32 transcendentals (52 ms of a 286 ms step on the H200). Here the forward reads ``k_pre``
 once and writes only the [P, R, N] scores; the backward reads it once more, recomputes tanh
 and sin, and writes ``d k_pre`` in the key's dtype and ``d q`` in fp32: two passes, each about
-memory bound. The fast path (:func:`fused_scores`) also hands the kernels the query projection's
-output and lets them apply the query's ``pi tanh`` (accurate math: it runs once per query tile,
-shared by the N slots) and its backward, so the squashed fp32 query and its fp32 gradient never round-trip through
-memory (``q_tanh``); without it, q is the squashed query and d q is its fp32 gradient.
+memory bound. The kernels also take the query projection's output and apply the query's
+``pi tanh`` (accurate math: it runs once per query tile, shared by the N slots) and its
+backward themselves, so the squashed fp32 query and its fp32 gradient never round-trip through
+memory; ``d q`` is the gradient of the projection's output, in its dtype.
 
 ``fast=True`` (used only for bf16 / fp16 keys) evaluates tanh, sin and cos with the GPU's
 approximate instructions (``tanh.approx.f32``: relative error ~2^-11, below the bf16 input's
@@ -53,16 +53,15 @@ def set_enabled(enabled: bool) -> None:
     _STATE["enabled"] = bool(enabled)
 
 
-def scores_reference(q: Tensor, k_pre: Tensor, heads: int, q_tanh: bool = False) -> Tensor:
-    """Plain torch, fp32: q [P, R*M], k_pre [P, N, R*M] -> [P, R, N] (the oracle for the tests).
-
-    ``q_tanh``: q is the query projection's output, squashed to ``pi tanh(q)`` first."""
+def scores_reference(q_pre: Tensor, k_pre: Tensor, heads: int) -> Tensor:
+    """Plain torch, fp32 or wider: the projections' outputs q_pre [P, R*M] and k_pre [P, N, R*M],
+    both squashed to ``pi tanh`` -> [P, R, N] (the oracle for the tests)."""
     p, n, rm = k_pre.shape
     m = rm // heads
-    if q_tanh:
-        q = PI * torch.tanh(q.float())
-    key = PI * torch.tanh(k_pre.float()).view(p, n, heads, m).transpose(1, 2)  # [P, R, N, M]
-    return torch.cos(q.float().view(p, heads, 1, m) - key).sum(-1)
+    dtype = torch.promote_types(q_pre.dtype, torch.float32)
+    q = PI * torch.tanh(q_pre.to(dtype))
+    key = PI * torch.tanh(k_pre.to(dtype)).view(p, n, heads, m).transpose(1, 2)  # [P, R, N, M]
+    return torch.cos(q.view(p, heads, 1, m) - key).sum(-1)
 
 
 def available(k_pre: Tensor) -> bool:
@@ -105,7 +104,6 @@ if triton is not None:
         q_ptr, k_ptr, s_ptr, P,
         R: tl.constexpr, N: tl.constexpr, M: tl.constexpr,
         BLOCK_P: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, FAST: tl.constexpr,
-        Q_TANH: tl.constexpr,
     ):  # fmt: skip
         rows = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)  # [BP] byte positions
         r = tl.program_id(1)  # read head
@@ -117,8 +115,7 @@ if triton is not None:
             c = m0 + cols
             mask = rmask[:, None] & (c[None, :] < M)
             q = tl.load(q_ptr + rows[:, None] * (R * M) + r * M + c[None, :], mask=mask, other=0.0).to(tl.float32)
-            if Q_TANH:  # q is the query projection's output: squash it here (accurate: once for the N slots)
-                q = PI_K * _tanh(q, False)
+            q = PI_K * _tanh(q, False)  # the query projection's output, squashed (accurate: once for the N slots)
             for n in tl.static_range(N):
                 k_off = rows[:, None] * (N * R * M) + n * (R * M) + r * M + c[None, :]
                 k = tl.load(k_ptr + k_off, mask=mask, other=0.0).to(tl.float32)
@@ -131,7 +128,7 @@ if triton is not None:
     def _scores_bwd_kernel(
         q_ptr, k_ptr, ds_ptr, dq_ptr, dk_ptr, P,
         R: tl.constexpr, N: tl.constexpr, M: tl.constexpr,
-        BLOCK_P: tl.constexpr, BLOCK_M: tl.constexpr, FAST: tl.constexpr, Q_TANH: tl.constexpr,
+        BLOCK_P: tl.constexpr, BLOCK_M: tl.constexpr, FAST: tl.constexpr,
     ):  # fmt: skip
         rows = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
         r = tl.program_id(1)
@@ -141,10 +138,8 @@ if triton is not None:
             c = m0 + cols
             mask = rmask[:, None] & (c[None, :] < M)
             q_off = rows[:, None] * (R * M) + r * M + c[None, :]
-            q = tl.load(q_ptr + q_off, mask=mask, other=0.0).to(tl.float32)
-            if Q_TANH:
-                tq = _tanh(q, False)
-                q = PI_K * tq
+            tq = _tanh(tl.load(q_ptr + q_off, mask=mask, other=0.0).to(tl.float32), False)
+            q = PI_K * tq
             dq = tl.zeros([BLOCK_P, BLOCK_M], dtype=tl.float32)
             for n in tl.static_range(N):
                 g = tl.load(ds_ptr + rows * (R * N) + r * N + n, mask=rmask, other=0.0)  # [BP]
@@ -154,8 +149,7 @@ if triton is not None:
                 gs = g[:, None] * _sin(q - PI_K * t, FAST)  # d cos(q - key) / d key = sin(q - key)
                 dq -= gs
                 tl.store(dk_ptr + k_off, (gs * (PI_K * (1.0 - t * t))).to(dk_ptr.dtype.element_ty), mask=mask)
-            if Q_TANH:  # through the query's pi tanh: the gradient of the projection's output
-                dq = dq * (PI_K * (1.0 - tq * tq))
+            dq = dq * (PI_K * (1.0 - tq * tq))  # through the query's pi tanh: d of the projection's output
             tl.store(dq_ptr + q_off, dq.to(dq_ptr.dtype.element_ty), mask=mask)
 
 
@@ -185,11 +179,9 @@ if triton is not None:
         return kernel if _INTERPRETED else wrap_triton(kernel)
 
     @triton_op("pmnet::phase_scores_tanh", mutates_args=())
-    def phase_scores_tanh(q: Tensor, k_pre: Tensor, heads: int, fast: bool, q_tanh: bool = False) -> Tensor:
-        """``sum_j cos(q_j - pi tanh(k_pre_n,j))``: q [P, R*M], k_pre [P, N, R*M] -> [P, R, N] fp32.
-
-        ``q_tanh``: q is the query projection's output (any float dtype) and the kernel applies its
-        ``pi tanh`` itself; else q is the squashed query in fp32."""
+    def phase_scores_tanh(q: Tensor, k_pre: Tensor, heads: int, fast: bool) -> Tensor:
+        """``sum_j cos(pi tanh(q_j) - pi tanh(k_pre_n,j))``: the projections' outputs q [P, R*M] and
+        k_pre [P, N, R*M] (any float dtypes) -> [P, R, N] fp32."""
         p, n, m = _check(q, k_pre, heads)
         q, k_pre = q.contiguous(), k_pre.contiguous()
         out = torch.empty(p, heads, n, device=q.device, dtype=torch.float32)
@@ -197,38 +189,35 @@ if triton is not None:
         grid = (triton.cdiv(p, bp), heads)
         _launcher(_scores_fwd_kernel)[grid](
             q, k_pre, out, p, R=heads, N=n, M=m, BLOCK_P=bp, BLOCK_M=bm,
-            BLOCK_N=triton.next_power_of_2(n), FAST=fast, Q_TANH=q_tanh, num_warps=warps,
+            BLOCK_N=triton.next_power_of_2(n), FAST=fast, num_warps=warps,
         )  # fmt: skip
         return out
 
     @triton_op("pmnet::phase_scores_tanh_backward", mutates_args=())
     def phase_scores_tanh_backward(
-        q: Tensor, k_pre: Tensor, grad: Tensor, heads: int, fast: bool, q_tanh: bool = False
+        q: Tensor, k_pre: Tensor, grad: Tensor, heads: int, fast: bool
     ) -> tuple[Tensor, Tensor]:
-        """(d q [P, R*M], d k_pre [P, N, R*M] in k_pre's dtype) from d scores [P, R, N].
-
-        d q is fp32, or with ``q_tanh`` the gradient of the projection's output in q's dtype."""
+        """(d q [P, R*M] in q's dtype, d k_pre [P, N, R*M] in k_pre's dtype) from d scores [P, R, N]."""
         p, n, m = _check(q, k_pre, heads)
         q, k_pre, grad = q.contiguous(), k_pre.contiguous(), grad.float().contiguous()
-        dq = torch.empty(q.shape, device=q.device, dtype=q.dtype if q_tanh else torch.float32)
+        dq = torch.empty(q.shape, device=q.device, dtype=q.dtype)
         dk = torch.empty(k_pre.shape, device=q.device, dtype=k_pre.dtype)
         bp, bm, warps = _blocks(m)
         grid = (triton.cdiv(p, bp), heads)
         _launcher(_scores_bwd_kernel)[grid](
-            q, k_pre, grad, dq, dk, p, R=heads, N=n, M=m, BLOCK_P=bp, BLOCK_M=bm, FAST=fast, Q_TANH=q_tanh,
-            num_warps=warps,
+            q, k_pre, grad, dq, dk, p, R=heads, N=n, M=m, BLOCK_P=bp, BLOCK_M=bm, FAST=fast, num_warps=warps,
         )  # fmt: skip
         return dq, dk
 
     def _setup_context(ctx, inputs, output) -> None:
-        q, k_pre, heads, fast, q_tanh = inputs
+        q, k_pre, heads, fast = inputs
         ctx.save_for_backward(q, k_pre)
-        ctx.heads, ctx.fast, ctx.q_tanh = heads, fast, q_tanh
+        ctx.heads, ctx.fast = heads, fast
 
     def _backward(ctx, grad: Tensor):
         q, k_pre = ctx.saved_tensors
-        dq, dk = phase_scores_tanh_backward(q, k_pre, grad, ctx.heads, ctx.fast, ctx.q_tanh)
-        return dq.to(q.dtype), dk, None, None, None
+        dq, dk = phase_scores_tanh_backward(q, k_pre, grad, ctx.heads, ctx.fast)
+        return dq, dk, None, None
 
     phase_scores_tanh.register_autograd(_backward, setup_context=_setup_context)
 
@@ -241,5 +230,5 @@ def fused_scores(q_pre: Tensor, k_pre: Tensor, heads: int) -> Tensor:
     """
     lead = k_pre.shape[:-2]
     n, rm = k_pre.shape[-2:]
-    out = phase_scores_tanh(q_pre.reshape(-1, rm), k_pre.reshape(-1, n, rm), heads, True, True)
+    out = phase_scores_tanh(q_pre.reshape(-1, rm), k_pre.reshape(-1, n, rm), heads, True)
     return out.view(*lead, heads, n)

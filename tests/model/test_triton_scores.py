@@ -28,15 +28,13 @@ def test_kernels_lower_to_triton_ir_for_hopper() -> None:
     from tests.model.model_helpers import lower_for_hopper
 
     kernels = []
-    for q_tanh in (False, True):  # the query squashed in fp32, or the projection's bf16 output
-        blocks = dict(R=4, N=4, M=512, BLOCK_P=8, BLOCK_M=512, FAST=True, Q_TANH=q_tanh)
-        for fn, ptrs, consts in [
-            (ts._scores_fwd_kernel, ["q_ptr", "k_ptr", "s_ptr"], {**blocks, "BLOCK_N": 4}),
-            (ts._scores_bwd_kernel, ["q_ptr", "k_ptr", "ds_ptr", "dq_ptr", "dk_ptr"], blocks),
-        ]:
-            bf16 = ("k_", "dk_", "q_", "dq_") if q_tanh else ("k_", "dk_")
-            sig = {name: ("*bf16" if name.startswith(bf16) else "*fp32") for name in ptrs}
-            kernels.append((fn, sig | {"P": "i32"} | {k: "constexpr" for k in consts}, consts))
+    blocks = dict(R=4, N=4, M=512, BLOCK_P=8, BLOCK_M=512, FAST=True)
+    for fn, ptrs, consts in [
+        (ts._scores_fwd_kernel, ["q_ptr", "k_ptr", "s_ptr"], {**blocks, "BLOCK_N": 4}),
+        (ts._scores_bwd_kernel, ["q_ptr", "k_ptr", "ds_ptr", "dq_ptr", "dk_ptr"], blocks),
+    ]:  # the projections' outputs and their gradients in bf16, the scores and d scores in fp32
+        sig = {name: ("*bf16" if name.startswith(("k_", "dk_", "q_", "dq_")) else "*fp32") for name in ptrs}
+        kernels.append((fn, sig | {"P": "i32"} | {k: "constexpr" for k in consts}, consts))
     assert all("tt.func" in text for text in lower_for_hopper(kernels))
 
 
@@ -58,7 +56,7 @@ def test_fast_kernel_close_to_fp64(shape: tuple[int, int, int, int]) -> None:
     q = torch.randn(p, r * m, device=dev).to(torch.bfloat16).requires_grad_()  # the query projection's output
     k = (torch.randn(p, n, r * m, device=dev) * 1.5).to(torch.bfloat16).requires_grad_()
     out = ts.fused_scores(q, k, r)
-    ref = ts.scores_reference(q.double(), k.double(), r, q_tanh=True)
+    ref = ts.scores_reference(q.double(), k.double(), r)
     g = torch.randn_like(out)
     dq, dk = torch.autograd.grad(out, (q, k), g)
     rq, rk = torch.autograd.grad(ref, (q, k), g.double())
