@@ -48,7 +48,8 @@ def device_time_by_family(
     Device time counts the device's own events only (kernels, copies): an operator's row
     (``aten::mm``) also carries the device time of the kernels it launched, and a Triton
     kernel has a host-side launch row of the same name, so summing every row counted most
-    of the time twice. ``wall_s``: the profiled steps' wall time, for the device's busy share.
+    of the time twice; so did the device-side spans inductor annotates each compiled graph's
+    kernels with when shapes are recorded (``## Call CompiledFxGraph``). ``wall_s``: the profiled steps' wall time, for the device's busy share.
     """
     from torch.autograd import DeviceType
 
@@ -56,6 +57,8 @@ def device_time_by_family(
     totals: dict[str, float] = {k: 0.0 for k in [*FAMILIES, OTHER]}
     for e in events:
         if device and getattr(e, "device_type", DeviceType.CUDA) == DeviceType.CPU:
+            continue
+        if e.key.startswith("## "):  # a span over other kernels (inductor's "## Call CompiledFxGraph ...")
             continue
         name = e.key.lower()
         fam = next((f for f, keys in FAMILIES.items() if any(k in name for k in keys)), OTHER)

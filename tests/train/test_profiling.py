@@ -67,6 +67,9 @@ def test_kernel_families() -> None:
         SimpleNamespace(key="aten::mm", self_device_time_total=4000.0, device_type=DeviceType.CPU),
         SimpleNamespace(key="triton_poi_fused_add_cos_0", self_device_time_total=3000.0, device_type=DeviceType.CPU),
     ]
+    # with record_shapes, inductor's span over a compiled graph's kernels is a device row of its own
+    span = "## Call CompiledFxGraph fwao6wpzra6ezhjppxnzvx2hegqd6qhpv ##"
+    events += [SimpleNamespace(key=span, self_device_time_total=5000.0, device_type=DeviceType.CUDA)]
     text = device_time_by_family(events, 1, wall_s=0.021)
     assert "12.0 ms/step" in text.splitlines()[0] and "busy 57%" in text.splitlines()[0], text
     rows = [re.match(r"#\s+(.+?)\s+([\d.]+) ms", ln) for ln in text.splitlines()[1:]]
