@@ -12,14 +12,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
 import torch
 import torch.nn.functional as F
 
 from pmnet.config import Config, dump_config
 from pmnet.train.distributed import DistEnv, all_reduce_sum
 from pmnet.train.loop import Hook, StepStats, Trainer
-from pmnet.train.metrics import LOG, MetricsWriter, format_duration, memory_scalars, progress_line
+from pmnet.train.metrics import LOG, MetricsWriter, StartupClock, format_duration, memory_scalars, progress_line
 
 __all__ = ["CheckpointHook", "EvalHook", "MetricsHook"]
 
@@ -46,8 +45,16 @@ def hyperparameters(cfg: Config, world_size: int) -> dict[str, Any]:
 class MetricsHook(Hook):
     """Scalars to TensorBoard every ``log_interval`` steps and a progress line every ``console_interval``."""
 
-    def __init__(self, cfg: Config, env: DistEnv, writer: MetricsWriter, peak_tflops: float | None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        env: DistEnv,
+        writer: MetricsWriter,
+        peak_tflops: float | None,
+        clock: StartupClock | None = None,
+    ) -> None:
         self.cfg, self.env, self.writer, self.peak = cfg, env, writer, peak_tflops
+        self.clock = clock or StartupClock()
         self.flops_per_byte = cfg.model.flops_per_byte(cfg.tbptt_chunk_bytes(), training=True)
         self._reset_window()
         self._skipped_logged = -1
@@ -73,9 +80,10 @@ class MetricsHook(Hook):
         """Accumulate the timing window; write scalars and the console line on their intervals."""
         if self.w_steps == 0 and stats.step == self.start_step + 1:
             # process start -> first step done: imports, engine, data, checkpoint load and compilation
-            startup = time.time() - psutil.Process().create_time()
-            LOG.info(f"first step done {startup:.1f} s after the process started")
-            self.writer.scalars({"perf/startup_s": startup}, stats.step)
+            self.clock.mark("first step")
+            startup = self.clock.total()
+            LOG.info(f"first step done {startup:.1f} s after the process started ({self.clock.summary()})")
+            self.writer.scalars({"perf/startup_s": startup, **self.clock.scalars()}, stats.step)
         self.w_steps += 1
         self.w_bytes += stats.bytes
         self.w_time += stats.step_time

@@ -25,7 +25,7 @@ from pmnet.train.distributed import DistEnv, barrier
 from pmnet.train.engine import build_engine, build_model, deepspeed_config
 from pmnet.train.hooks import CheckpointHook, EvalHook, MetricsHook
 from pmnet.train.loop import Hook, Trainer
-from pmnet.train.metrics import LOG, MetricsWriter, measure_peak_tflops, setup_logging
+from pmnet.train.metrics import LOG, MetricsWriter, StartupClock, measure_peak_tflops, setup_logging
 from pmnet.train.profiling import ProfilerHook
 
 __all__ = ["train", "run_dir_of", "seed_everything", "use_compile_cache"]
@@ -42,6 +42,8 @@ def train(cfg: Config, env: DistEnv, extra_hooks: Sequence[Hook] = ()) -> int:
     ``extra_hooks`` run after the built-in ones (metrics, eval, checkpoints, profiler) at every
     point of the loop: a caller's own concerns, or a test's injected faults (``tests/fault_train.py``).
     """
+    clock = StartupClock()
+    clock.mark("launch and imports")
     run_dir = run_dir_of(cfg)
     setup_logging(run_dir, env.is_main, env.rank)
     if env.is_main:
@@ -55,12 +57,16 @@ def train(cfg: Config, env: DistEnv, extra_hooks: Sequence[Hook] = ()) -> int:
     ckpt = _resumable(run_dir) if cfg.checkpoint.resume else None
     if cfg.train.init_from and ckpt is None:  # a resumable run directory wins over init_from
         load_init_weights(model, cfg)
+    clock.mark("model")
     engine, optimizer = build_engine(cfg, model, env, ds_config)
     _clean_stale_shm(env)
+    clock.mark("engine")
     loader = _train_loader(cfg)
     writer = MetricsWriter(run_dir / "tb", enabled=env.is_main and cfg.logging.tensorboard)
+    clock.mark("data")
     peak = cfg.logging.peak_tflops or (measure_peak_tflops(env.device) if env.is_main else None)
-    hooks: list[Hook] = [MetricsHook(cfg, env, writer, peak)]
+    clock.mark("matmul peak")
+    hooks: list[Hook] = [MetricsHook(cfg, env, writer, peak, clock)]
     if cfg.eval.interval > 0:
         hooks.append(EvalHook(cfg, env, writer, lambda: _val_loader(cfg)))
     hooks.append(CheckpointHook(cfg, env, run_dir))
@@ -70,6 +76,7 @@ def train(cfg: Config, env: DistEnv, extra_hooks: Sequence[Hook] = ()) -> int:
     trainer = Trainer(cfg, env, engine, optimizer, loader, hooks)
     if ckpt is not None:
         resume(trainer, ckpt)
+        clock.mark("resume")
     try:
         return trainer.fit()
     finally:

@@ -207,6 +207,8 @@ def test_sigterm_then_resume_equals_uninterrupted(shards: Path, uninterrupted: P
     t2, text2, _ = _launch(cmd, tmp_path / "t2.log", train_log)
     assert t2.rc == 0, t2.explain()
     assert _resumed_step(text2) == s, t2.explain()
+    started = [ln for ln in text2.splitlines() if "first step done" in ln]  # the restart's cost, by phase
+    assert len(started) == 1 and "resume " in started[0] and "first step " in started[0], started
     assert_checkpoints_bitwise_equal(_final(uninterrupted), _final(tmp_path / "t"))
 
 
