@@ -18,7 +18,15 @@ import torch.nn.functional as F
 from pmnet.config import Config, dump_config
 from pmnet.train.distributed import DistEnv, all_reduce_sum
 from pmnet.train.loop import Hook, StepStats, Trainer
-from pmnet.train.metrics import LOG, MetricsWriter, StartupClock, format_duration, memory_scalars, progress_line
+from pmnet.train.metrics import (
+    LOG,
+    MetricsWriter,
+    StartupClock,
+    compile_summary,
+    format_duration,
+    memory_scalars,
+    progress_line,
+)
 
 __all__ = ["CheckpointHook", "EvalHook", "MetricsHook"]
 
@@ -84,6 +92,8 @@ class MetricsHook(Hook):
             startup = self.clock.total()
             LOG.info(f"first step done {startup:.1f} s after the process started ({self.clock.summary()})")
             self.writer.scalars({"perf/startup_s": startup, **self.clock.scalars()}, stats.step)
+            if self.cfg.train.compile and (compiled := compile_summary()):
+                LOG.info(f"torch.compile in this process so far: {compiled}")
         self.w_steps += 1
         self.w_bytes += stats.bytes
         self.w_time += stats.step_time

@@ -32,6 +32,7 @@ import torch
 __all__ = [
     "MetricsWriter",
     "StartupClock",
+    "compile_summary",
     "measure_peak_tflops",
     "memory_scalars",
     "setup_logging",
@@ -148,6 +149,26 @@ class StartupClock:
     def summary(self) -> str:
         """``imports 8.1 s, model 1.2 s, ...`` in the order the phases ran."""
         return ", ".join(f"{k} {v:.1f} s" for k, v in self.phases.items())
+
+
+def compile_summary(top: int = 8, min_s: float = 0.05) -> str | None:
+    """torch.compile's time so far in this process, its ``top`` largest entries of at least
+    ``min_s`` (nested: the first is usually the total, ``_compile.compile_inner``), or None when
+    nothing was compiled.
+
+    On a start with a warm compile cache this says what the first step still pays (tracing, cache
+    keys, loading graphs) without a profiler. Reads dynamo's own counters, a private API: any
+    failure there gives None rather than an error in a training run.
+    """
+    try:
+        from torch._dynamo.utils import compile_times
+
+        names, values = compile_times(repr="csv", aggregate=True)
+        pairs = sorted(((float(v), str(n)) for n, v in zip(names, values, strict=True)), reverse=True)
+    except Exception:  # diagnostics only
+        return None
+    pairs = [(v, n) for v, n in pairs if v >= min_s]
+    return ", ".join(f"{n} {v:.1f} s" for v, n in pairs[:top]) or None
 
 
 class MetricsWriter:

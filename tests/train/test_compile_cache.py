@@ -42,3 +42,17 @@ def test_uncreatable_folder_is_one_line(tmp_path: Path, monkeypatch: pytest.Monk
     (tmp_path / "file").write_text("x")
     with pytest.raises(ConfigError, match="train.compile_cache_dir"):
         use_compile_cache(_cfg(f"train.compile_cache_dir={tmp_path / 'file' / 'sub'}"), tmp_path / "run")
+
+
+def test_compile_summary_names_dynamo_time() -> None:
+    """What the first step of a start logs about compilation (warm cache or cold)."""
+    import torch
+
+    from pmnet.train.metrics import compile_summary
+
+    fn = torch.compile(lambda x: torch.sin(x) * 2 + 1, backend="eager")  # dynamo only: no C++ build
+    fn(torch.randn(8))
+    text = compile_summary(top=3, min_s=0.0)
+    assert text is not None and "_compile.compile_inner" in text, text
+    assert len(text.split(", ")) == 3 and all(part.endswith(" s") for part in text.split(", ")), text
+    assert compile_summary(min_s=1e9) is None  # nothing that large: no line
