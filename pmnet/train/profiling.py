@@ -49,7 +49,8 @@ def device_time_by_family(
     (``aten::mm``) also carries the device time of the kernels it launched, and a Triton
     kernel has a host-side launch row of the same name, so summing every row counted most
     of the time twice; so did the device-side spans inductor annotates each compiled graph's
-    kernels with when shapes are recorded (``## Call CompiledFxGraph``). ``wall_s``: the profiled steps' wall time, for the device's busy share.
+    kernels with when shapes are recorded (``## Call CompiledFxGraph``). ``wall_s``: the
+    profiled steps' wall time, for the device's busy share.
     """
     from torch.autograd import DeviceType
 

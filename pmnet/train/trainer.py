@@ -54,10 +54,12 @@ def train(cfg: Config, env: DistEnv, extra_hooks: Sequence[Hook] = ()) -> int:
         use_compile_cache(cfg, run_dir)
     ds_config = deepspeed_config(cfg, env.world_size)
     model = build_model(cfg, ds_config)
-    ckpt = _resumable(run_dir) if cfg.checkpoint.resume else None
+    clock.mark("model")
+    ckpt = _resumable(run_dir) if cfg.checkpoint.resume else None  # hashes the newest checkpoint
+    clock.mark("checkpoint scan")
     if cfg.train.init_from and ckpt is None:  # a resumable run directory wins over init_from
         load_init_weights(model, cfg)
-    clock.mark("model")
+        clock.mark("model")
     engine, optimizer = build_engine(cfg, model, env, ds_config)
     _clean_stale_shm(env)
     clock.mark("engine")
