@@ -164,7 +164,7 @@ def compile_summary(top: int = 8, min_s: float = 0.05) -> str | None:
         from torch._dynamo.utils import compile_times
 
         names, values = compile_times(repr="csv", aggregate=True)
-        pairs = sorted(((float(v), str(n)) for n, v in zip(names, values, strict=True)), reverse=True)
+        pairs = sorted(((float(str(v)), str(n)) for n, v in zip(names, values, strict=True)), reverse=True)
     except Exception:  # diagnostics only
         return None
     pairs = [(v, n) for v, n in pairs if v >= min_s]
