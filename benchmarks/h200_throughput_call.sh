@@ -130,11 +130,11 @@ elif [ "$PART" = restart ]; then
             logging.console_interval=1 logging.log_interval=1 train.run_root=/tmp/runs train.run_name=r119 "${extra[@]}")
     stamp "cold: steps 1-2, then a checkpoint (train.stop_at_step=2)"
     timeout -k 20 300 bash launchers/pretrain.sh "${common[@]}" train.stop_at_step=2 > "$OUT/restart_cold.log" 2>&1
-    echo "exit $?"; grep -E "first step done|resumed from|checkpoint saved|^step +[0-9]+" "$OUT/restart_cold.log" | tail -5
+    echo "exit $?"; grep -E "first step done|torch.compile in|resumed from|checkpoint saved|^step +[0-9]+" "$OUT/restart_cold.log" | tail -6
     du -sh /tmp/runs/r119/compile_cache 2>/dev/null
     stamp "warm restart: resumes at step 2 with the run directory's compile cache"
     timeout -k 20 240 bash launchers/pretrain.sh "${common[@]}" > "$OUT/restart_warm.log" 2>&1
-    echo "exit $?"; grep -E "first step done|resumed from|^step +[0-9]+" "$OUT/restart_warm.log" | tail -5
+    echo "exit $?"; grep -E "first step done|torch.compile in|resumed from|^step +[0-9]+" "$OUT/restart_warm.log" | tail -6
 elif [ "$PART" = evalrate ]; then
     # issue 16: long-context bf16 evaluation speed call by call through the library path
     stamp "eval rate, 119M bf16 compiled, books in $TEXT"
