@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -40,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pmnet.config import Config
 from pmnet.model import PMNetConfig, PMNetForCausalLM, lm_loss
-from pmnet.train.distributed import DistEnv
+from pmnet.train.distributed import DistEnv, setup_distributed
 from pmnet.train.engine import build_engine, deepspeed_config
 from pmnet.train.grad_norms import family_grad_norms, family_grad_norms_reference
 
@@ -69,14 +68,13 @@ def _timed(fn: Callable[[], Any], cuda: bool) -> float:
     return time.perf_counter() - t0
 
 
-def _engine(preset: str, check_overflow: bool, device: torch.device) -> tuple[Any, PMNetForCausalLM]:
+def _engine(preset: str, check_overflow: bool, env: DistEnv) -> tuple[Any, PMNetForCausalLM]:
     """The trainer's own engine (``build_engine``: GuardedAdamW, the DeepSpeed config it writes)."""
     cfg = Config(model=PMNetConfig.from_preset(preset))
     cfg.train.precision, cfg.deepspeed.zero_stage = "bf16", 2
     cfg.train.micro_batch_size = cfg.train.global_batch_size = 1
     cfg.deepspeed.check_grad_overflow = check_overflow
-    model = PMNetForCausalLM(cfg.model).to(device)
-    env = DistEnv(0, 1, 0, 1, 0, 1, device, "nccl" if device.type == "cuda" else "gloo")
+    model = PMNetForCausalLM(cfg.model).to(env.device)
     engine, _ = build_engine(cfg, model, env, deepspeed_config(cfg, 1))
     return engine, model
 
@@ -88,21 +86,13 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=32, help="bytes per step (the tail does not depend on it)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda" if cuda else "cpu")
-    os.environ.setdefault("DS_ACCELERATOR", "cuda" if cuda else "cpu")
-    for key, val in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29533"), ("RANK", "0"), ("WORLD_SIZE", "1"),
-                     ("LOCAL_RANK", "0")):  # fmt: skip
-        os.environ.setdefault(key, val)
-    import deepspeed
-    import deepspeed.ops
-
-    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-    deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
+    env = setup_distributed()  # the trainer's own set-up: one rank, a free port, gloo or NCCL
+    device = env.device
+    cuda = device.type == "cuda"
     ids = torch.randint(1, 254, (1, args.seq + 1), device=device)
     rows: list[dict[str, Any]] = []
     for check in (True, False):
-        engine, model = _engine(args.preset, check, device)
+        engine, model = _engine(args.preset, check, env)
         named = list(engine.module.named_parameters())
 
         def backward(engine: Any = engine) -> None:
