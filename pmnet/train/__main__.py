@@ -103,7 +103,10 @@ def main(argv: list[str] | None = None, extra_hooks: Sequence[Hook] = ()) -> int
         print(f"error: the first argument must be the config file, got {args.config!r}", file=sys.stderr)
         return 2
     from pmnet.train.preflight import preflight
+    from pmnet.train.startup import StartupClock
 
+    clock = StartupClock()
+    clock.mark("launch")  # process creation -> here: the interpreter, the config modules (no torch)
     rank0 = os.environ.get("RANK", "0") == "0"
     node_first = os.environ.get("LOCAL_RANK", "0") == "0"  # data paths can differ per node
     try:
@@ -115,6 +118,7 @@ def main(argv: list[str] | None = None, extra_hooks: Sequence[Hook] = ()) -> int
             return 0
         # before any rank joins the process group or creates the run directory
         report = preflight(cfg, int(os.environ.get("WORLD_SIZE", "1")), args.allow_change)
+        clock.mark("pre-flight")
     except ConfigError as err:
         if node_first:
             print(f"error: {err}", file=sys.stderr)
@@ -126,12 +130,14 @@ def main(argv: list[str] | None = None, extra_hooks: Sequence[Hook] = ()) -> int
     from pmnet.train.trainer import train
 
     user_errors = _user_errors()
+    clock.mark("imports")
     env = None
     try:
         env = _setup_distributed(cfg)
         if env is None:
             return PORT_IN_USE
-        code = train(cfg, env, extra_hooks=extra_hooks)
+        clock.mark("process group")
+        code = train(cfg, env, extra_hooks=extra_hooks, clock=clock)
     except user_errors as err:
         if env is None or env.is_main:
             print(f"error: {err}", file=sys.stderr)

@@ -36,14 +36,17 @@ def run_dir_of(cfg: Config) -> Path:
     return Path(cfg.train.run_root) / cfg.train.run_name
 
 
-def train(cfg: Config, env: DistEnv, extra_hooks: Sequence[Hook] = ()) -> int:
+def train(cfg: Config, env: DistEnv, extra_hooks: Sequence[Hook] = (), clock: StartupClock | None = None) -> int:
     """Train as the config says (every rank calls this); returns the process exit code.
 
     ``extra_hooks`` run after the built-in ones (metrics, eval, checkpoints, profiler) at every
     point of the loop: a caller's own concerns, or a test's injected faults (``tests/fault_train.py``).
+    ``clock`` is the process's :class:`StartupClock` when the caller started one (``python -m
+    pmnet.train`` marks launch, pre-flight, imports and process group before this is called).
     """
-    clock = StartupClock()
-    clock.mark("launch and imports")
+    if clock is None:
+        clock = StartupClock()
+        clock.mark("launch and imports")
     run_dir = run_dir_of(cfg)
     setup_logging(run_dir, env.is_main, env.rank)
     if env.is_main:

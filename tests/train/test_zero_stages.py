@@ -70,7 +70,18 @@ def test_zero_stage_trains_on_two_cpu_ranks(shards: Path, tmp_path: Path, stage:
         assert "perf/gpu_mem_gb" not in scalars  # CPU run: resident memory instead
         # the start-up time and its parts, once (a fresh run: no resume phase), adding up to it
         parts = {t: v for t, v in scalars.items() if t.startswith("perf/startup/")}
-        names = ("launch_and_imports", "model", "checkpoint_scan", "engine", "data", "matmul_peak", "first_step")
+        names = (
+            "launch",
+            "pre_flight",
+            "imports",
+            "process_group",
+            "model",
+            "checkpoint_scan",
+            "engine",
+            "data",
+            "matmul_peak",
+            "first_step",
+        )
         assert sorted(parts) == sorted(f"perf/startup/{n}_s" for n in names), sorted(parts)
         assert all(len(v) == 1 and v[0][1] >= 0 for v in parts.values()), parts
         total = scalars["perf/startup_s"][0][1]
