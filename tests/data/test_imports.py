@@ -49,3 +49,19 @@ def test_model_and_data_share_the_byte_ids() -> None:
         pmnet.vocab.BOS_ID,
         pmnet.vocab.EOS_ID,
     )
+
+
+def test_preflight_imports_without_torch() -> None:
+    """The launcher's pre-flight process and the trainer's entry point start without torch."""
+    code = (
+        "import sys\n"
+        "import pmnet.train.preflight, pmnet.train.__main__, pmnet.config\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "from pmnet.model import PMNetConfig, PMNetForCausalLM\n"  # the package's names still resolve
+        "assert 'torch' in sys.modules and PMNetForCausalLM.__name__ == 'PMNetForCausalLM'\n"
+        "print('PREFLIGHT_OK')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "PREFLIGHT_OK" in proc.stdout
