@@ -27,6 +27,10 @@ live dataset on the same directory. ``loader.state_dict()`` returns
 (streaming's format; save it in every checkpoint). Rank 0's state is enough: ranks advance in
 step, and it counts this rank's yielded samples times the world size. Every rank loads it.
 
+The classes come from ``data_pipeline.streaming_core``: streaming's own dataset classes imported
+without the package's dataset zoos, and a copy of its ``StreamingDataLoader`` that does not
+import transformers (together 3.5 s less per rank start).
+
 Why a dict batch: StreamingDataLoader counts resume samples from the first value of a dict
 batch; a tuple would make it count wrongly (docs/dependencies.md section 3).
 
@@ -42,11 +46,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from streaming import Stream, StreamingDataLoader, StreamingDataset
 
 from data_pipeline.errors import DataPipelineError
 from data_pipeline.manifest import MANIFEST_NAME, read_json
 from data_pipeline.shm import clean_stale_shared_memory
+from data_pipeline.streaming_core import Stream, StreamingDataLoader, StreamingDataset
 from data_pipeline.verify import verify_shards, verify_stream
 from data_pipeline.writer import COLUMN
 from pmnet.vocab import PAD_ID

@@ -3,7 +3,8 @@
     python -m tests.data.loader_worker SPEC.json OUT.json
 
 SPEC: {"runs": [RUN, ...]}, each RUN {"data": {DataConfig fields; streams as dicts}, "batch": B,
-"load_state": path|null, "save_state": path|null, "max_batches": n|null, "epochs": e}, run one
+"load_state": path|null, "save_state": path|null, "max_batches": n|null, "epochs": e,
+"reference_loader": bool (streaming's own StreamingDataLoader over the same dataset)}, run one
 after the other in this process (each on its own shard directory: streaming refuses two live
 datasets on one directory). A run reads ``epochs`` passes of ``for batch in loader`` (stopping
 after ``max_batches`` batches in total when given). OUT.json: per run, the sha1 of every sample
@@ -36,6 +37,15 @@ def read_run(run: dict) -> dict:
     data["streams"] = [StreamConfig(**s) for s in data.get("streams", [])]
     data["val_streams"] = [StreamConfig(**s) for s in data.get("val_streams", [])]
     loader = build_train_dataloader(DataConfig(**data), run["batch"])
+    if run.get("reference_loader"):  # the class data_pipeline.streaming_core copies, same arguments
+        from streaming import StreamingDataLoader
+
+        ours = loader
+        loader = StreamingDataLoader(
+            ours.dataset, batch_size=ours.batch_size, num_workers=ours.num_workers, drop_last=ours.drop_last,
+            generator=ours.generator, prefetch_factor=ours.prefetch_factor,
+            multiprocessing_context=ours.multiprocessing_context,
+        )  # fmt: skip
     if run.get("load_state"):
         with open(run["load_state"]) as f:
             loader.load_state_dict(json.load(f))
