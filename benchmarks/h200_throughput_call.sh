@@ -125,6 +125,11 @@ elif [ "$PART" = restart ]; then
     # RESTART_OVERRIDES: config overrides for both runs (e.g. train.compile_mode=layers);
     # RESTART_STEPS: where the warm run stops (more steps: its bytes/s too, logged every 2 steps)
     read -ra extra <<< "${RESTART_OVERRIDES:-}"
+    since='import sys, time
+t0 = float(sys.argv[1])
+for line in sys.stdin:
+    print(f"{time.time() - t0:7.2f} {line}", end="", flush=True)'
+
     common=(configs/pmnet_119m.yaml 'data.streams=[{local: /tmp/pmd, split: train}]' 'data.val_streams=[]'
             train.max_steps="${RESTART_STEPS:-4}" optim.warmup_steps=2 eval.interval=0 checkpoint.interval=100000
             logging.console_interval=1 logging.log_interval=1 train.run_root=/tmp/runs train.run_name=r119 "${extra[@]}")
@@ -132,9 +137,17 @@ elif [ "$PART" = restart ]; then
     timeout -k 20 300 bash launchers/pretrain.sh "${common[@]}" train.stop_at_step=2 > "$OUT/restart_cold.log" 2>&1
     echo "exit $?"; grep -E "first step done|torch.compile in|resumed from|checkpoint saved|^step +[0-9]+" "$OUT/restart_cold.log" | tail -6
     du -sh /tmp/runs/r119/compile_cache 2>/dev/null
+    # each warm line is prefixed with the seconds since the command started (what a user waits:
+    # the launcher's pre-flight, DeepSpeed's runner and launcher, then the trainer's own start-up)
     stamp "warm restart: resumes at step 2 with the run directory's compile cache"
-    timeout -k 20 240 bash launchers/pretrain.sh "${common[@]}" > "$OUT/restart_warm.log" 2>&1
-    echo "exit $?"; grep -E "first step done|torch.compile in|resumed from|^step +[0-9]+" "$OUT/restart_warm.log" | tail -6
+    t0=$(date +%s.%N)
+    timeout -k 20 240 bash launchers/pretrain.sh "${common[@]}" 2>&1 | "$PY" -u -c "$since" "$t0" > "$OUT/restart_warm.log"
+    echo "exit ${PIPESTATUS[0]}"; grep -E "first step done|torch.compile in|resumed from| step +[0-9]+" "$OUT/restart_warm.log" | tail -6
+    stamp "second warm restart: resumes at step 4, stops at 6"
+    t0=$(date +%s.%N)
+    timeout -k 20 240 bash launchers/pretrain.sh "${common[@]}" train.max_steps=6 2>&1 | "$PY" -u -c "$since" "$t0" \
+        > "$OUT/restart_warm2.log"
+    echo "exit ${PIPESTATUS[0]}"; grep -E "first step done|resumed from| step +[0-9]+" "$OUT/restart_warm2.log" | tail -4
 elif [ "$PART" = evalrate ]; then
     # issue 16: long-context bf16 evaluation speed call by call through the library path
     stamp "eval rate, 119M bf16 compiled, books in $TEXT"
