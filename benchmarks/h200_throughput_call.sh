@@ -148,6 +148,13 @@ for line in sys.stdin:
     timeout -k 20 240 bash launchers/pretrain.sh "${common[@]}" train.max_steps=6 2>&1 | "$PY" -u -c "$since" "$t0" \
         > "$OUT/restart_warm2.log"
     echo "exit ${PIPESTATUS[0]}"; grep -E "first step done|resumed from| step +[0-9]+" "$OUT/restart_warm2.log" | tail -4
+    if [ -n "${RESTART_THIRD_ENV:-}" ]; then  # a variant: e.g. RESTART_THIRD_ENV=TORCHINDUCTOR_COMPILE_THREADS=1
+        stamp "third warm restart with $RESTART_THIRD_ENV: resumes at step 6, stops at 8"
+        t0=$(date +%s.%N)
+        env $RESTART_THIRD_ENV timeout -k 20 240 bash launchers/pretrain.sh "${common[@]}" train.max_steps=8 2>&1 \
+            | "$PY" -u -c "$since" "$t0" > "$OUT/restart_warm3.log"
+        echo "exit ${PIPESTATUS[0]}"; grep -E "first step done|torch.compile in| step +[0-9]+" "$OUT/restart_warm3.log" | tail -4
+    fi
 elif [ "$PART" = evalrate ]; then
     # issue 16: long-context bf16 evaluation speed call by call through the library path
     stamp "eval rate, 119M bf16 compiled, books in $TEXT"
