@@ -134,8 +134,10 @@ for line in sys.stdin:
             train.max_steps="${RESTART_STEPS:-4}" optim.warmup_steps=2 eval.interval=0 checkpoint.interval=100000
             logging.console_interval=1 logging.log_interval=1 train.run_root=/tmp/runs train.run_name=r119 "${extra[@]}")
     stamp "cold: steps 1-2, then a checkpoint (train.stop_at_step=2)"
-    timeout -k 20 300 bash launchers/pretrain.sh "${common[@]}" train.stop_at_step=2 > "$OUT/restart_cold.log" 2>&1
-    echo "exit $?"; grep -E "first step done|torch.compile in|resumed from|checkpoint saved|^step +[0-9]+" "$OUT/restart_cold.log" | tail -6
+    t0=$(date +%s.%N)
+    timeout -k 20 300 bash launchers/pretrain.sh "${common[@]}" train.stop_at_step=2 2>&1 | "$PY" -u -c "$since" "$t0" \
+        > "$OUT/restart_cold.log"
+    echo "exit ${PIPESTATUS[0]}"; grep -E "first step done|torch.compile in|resumed from|checkpoint saved| step +[0-9]+" "$OUT/restart_cold.log" | tail -6
     du -sh /tmp/runs/r119/compile_cache 2>/dev/null
     # each warm line is prefixed with the seconds since the command started (what a user waits:
     # the launcher's pre-flight, DeepSpeed's runner and launcher, then the trainer's own start-up)
@@ -145,13 +147,13 @@ for line in sys.stdin:
     echo "exit ${PIPESTATUS[0]}"; grep -E "first step done|torch.compile in|resumed from| step +[0-9]+" "$OUT/restart_warm.log" | tail -6
     stamp "second warm restart: resumes at step 4, stops at 6"
     t0=$(date +%s.%N)
-    timeout -k 20 240 bash launchers/pretrain.sh "${common[@]}" train.max_steps=6 2>&1 | "$PY" -u -c "$since" "$t0" \
+    timeout -k 20 240 bash launchers/pretrain.sh "${common[@]}" train.max_steps=6 --allow-change train.max_steps 2>&1 | "$PY" -u -c "$since" "$t0" \
         > "$OUT/restart_warm2.log"
     echo "exit ${PIPESTATUS[0]}"; grep -E "first step done|resumed from| step +[0-9]+" "$OUT/restart_warm2.log" | tail -4
     if [ -n "${RESTART_THIRD_ENV:-}" ]; then  # a variant: e.g. RESTART_THIRD_ENV=TORCHINDUCTOR_COMPILE_THREADS=1
         stamp "third warm restart with $RESTART_THIRD_ENV: resumes at step 6, stops at 8"
         t0=$(date +%s.%N)
-        env $RESTART_THIRD_ENV timeout -k 20 240 bash launchers/pretrain.sh "${common[@]}" train.max_steps=8 2>&1 \
+        env $RESTART_THIRD_ENV timeout -k 20 240 bash launchers/pretrain.sh "${common[@]}" train.max_steps=8 --allow-change train.max_steps 2>&1 \
             | "$PY" -u -c "$since" "$t0" > "$OUT/restart_warm3.log"
         echo "exit ${PIPESTATUS[0]}"; grep -E "first step done|torch.compile in| step +[0-9]+" "$OUT/restart_warm3.log" | tail -4
     fi

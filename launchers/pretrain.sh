@@ -94,13 +94,18 @@ for v in CPU_RANKS M_PORT; do [[ "${!v}" =~ ^[0-9]+$ ]] || die "--${v,,} must be
 
 # ---------------------------------------------------------------- devices on this node
 NGPU=0
-# the torch probe (an import, seconds) only where a GPU may exist
-if compgen -G "/dev/nvidia[0-9]*" > /dev/null || command -v nvidia-smi > /dev/null 2>&1 \
+# Only where a GPU may exist: nvidia-smi's count when no CUDA_VISIBLE_DEVICES narrows it (0.1 s),
+# else torch's (an import and a CUDA start: 3-4 s on an H200 host, paid by every restart).
+if [[ -z "${CUDA_VISIBLE_DEVICES+set}" && -z "${PMNET_FORCE_GPU_PROBE:-}" ]] && command -v nvidia-smi > /dev/null 2>&1 \
+    && listed="$(nvidia-smi --query-gpu=index --format=csv,noheader 2>/dev/null)"; then
+    NGPU="$(grep -c '[0-9]' <<< "$listed" || true)"
+elif compgen -G "/dev/nvidia[0-9]*" > /dev/null || command -v nvidia-smi > /dev/null 2>&1 \
     || [[ -n "${CUDA_VISIBLE_DEVICES:-}" || -n "${PMNET_FORCE_GPU_PROBE:-}" ]]; then
     NGPU="$("$PY" -c 'import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)' 2>/dev/null || echo 0)"
 fi
 if [[ "$NGPU" -gt 0 ]]; then
     PER_NODE="${GPUS:-$NGPU}"
+    [[ "$PER_NODE" =~ ^[1-9][0-9]*$ && "$PER_NODE" -le "$NGPU" ]] || die "--gpus $PER_NODE: this node has $NGPU GPU(s)"
     DEVICE="cuda"
 else
     PER_NODE="$CPU_RANKS"
@@ -192,9 +197,24 @@ else
         why="$(port_tool "$M_PORT" 2>&1)" \
             || die "rendezvous port $M_PORT ($PORT_SRC) is in use on this machine ($why); give a free one, or none (a free port is then picked)"
     fi
-    # with CUDA_VISIBLE_DEVICES set, DeepSpeed's runner uses exactly those GPUs unless --num_gpus is
-    # given (it then drops the variable and counts from GPU 0)
-    [[ "$DEVICE" == cuda && -n "${CUDA_VISIBLE_DEVICES:-}" && -z "$GPUS" ]] || RUNNER+=(--num_gpus "$PER_NODE")
+    # One node: DeepSpeed's per-node launcher directly, with the world DeepSpeed's runner would
+    # hand it (the runner only adds a Python start with DeepSpeed's imports: ~4 s on an H200 host).
+    # The ranks' devices: the first PER_NODE of CUDA_VISIBLE_DEVICES when set, else 0..PER_NODE-1;
+    # the launcher sets CUDA_VISIBLE_DEVICES for the ranks from this list.
+    IDS=()
+    if [[ "$DEVICE" == cuda && -n "${CUDA_VISIBLE_DEVICES:-}" ]]; then
+        IFS=',' read -r -a IDS <<< "$CUDA_VISIBLE_DEVICES"
+        for id in "${IDS[@]}"; do
+            [[ "$id" =~ ^[0-9]+$ ]] || die "CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES: give GPU indices (got '$id')"
+        done
+        [[ "${#IDS[@]}" -ge "$PER_NODE" ]] || die "--gpus $PER_NODE but CUDA_VISIBLE_DEVICES lists ${#IDS[@]}"
+        IDS=("${IDS[@]:0:$PER_NODE}")
+    else
+        for ((i = 0; i < PER_NODE; i++)); do IDS+=("$i"); done
+    fi
+    WORLD_INFO="$(IFS=','; printf '{"localhost": [%s]}' "${IDS[*]}" | base64 -w0 | tr '+/' '-_')"
+    RUNNER=(env -u CUDA_VISIBLE_DEVICES "$PY" -u -m deepspeed.launcher.launch "--world_info=$WORLD_INFO"
+            --master_addr 127.0.0.1)
     WORLD="$PER_NODE"
 fi
 layout() {

@@ -65,16 +65,16 @@ def _data(shards: Path) -> list[str]:
             f"data.sample_bytes={SAMPLE_BYTES}"]  # fmt: skip
 
 
-def test_dry_run_and_one_line_errors(shards: Path) -> None:
+def test_dry_run_and_one_line_errors(shards: Path, tmp_path: Path) -> None:
     env = launch_env()
     out = subprocess.run(
         ["bash", "launchers/pretrain.sh", "configs/demo.yaml", "--dry-run", "--cpu-ranks", "2",
-         "train.global_batch_size=16", *_data(shards)],
+         "train.global_batch_size=16", f"train.run_root={tmp_path}", *_data(shards)],  # not the demo's runs/
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     for needle in ("# resolved config", "parameters:            220,800", "training FLOPs/byte",
-                   "# DeepSpeed config", "# world layout", "2 cpu rank(s)", "# command", "deepspeed.launcher.runner",
+                   "# DeepSpeed config", "# world layout", "2 cpu rank(s)", "# command", "deepspeed.launcher.launch",
                    "# pre-flight (data streams, run directory): passed"):  # fmt: skip
         assert needle in out.stdout, needle
     # each of the 2 ranks gets half the cores, as the tests' own child processes do (tests/conftest.py)
@@ -95,7 +95,8 @@ def test_single_node_launch_picks_a_free_port_and_refuses_a_taken_given_one(shar
 
     def launch(*extra: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            ["bash", "launchers/pretrain.sh", "configs/demo.yaml", "--dry-run", *_data(shards), *extra],
+            ["bash", "launchers/pretrain.sh", "configs/demo.yaml", "--dry-run", *_data(shards),
+             f"train.run_root={tmp_path}", *extra],
             cwd=REPO, env=launch_env(), capture_output=True, text=True, timeout=600,
         )  # fmt: skip
 
@@ -131,6 +132,7 @@ def test_ssh_launch_forwards_our_environment(shards: Path, tmp_path: Path) -> No
         "--hostfile",
         str(hostfile),
         *_data(shards),
+        f"train.run_root={tmp_path}",
     ]
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
