@@ -17,7 +17,7 @@ The package's names are imported on first use (PEP 562): ``pmnet.model.config`` 
 
 from __future__ import annotations
 
-import importlib
+import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -39,29 +39,29 @@ if TYPE_CHECKING:
     from pmnet.model.state import PMNetState
 
 _SOURCE = {
-    "BOS_ID": "pmnet.model.config",
-    "EOS_ID": "pmnet.model.config",
-    "InterchangeError": "pmnet.model.interchange",
-    "PAD_ID": "pmnet.model.config",
-    "PMNetConfig": "pmnet.model.config",
-    "PMNetForCausalLM": "pmnet.model.modeling",
-    "PMNetModel": "pmnet.model.modeling",
-    "PMNetState": "pmnet.model.state",
-    "PRESETS": "pmnet.model.config",
-    "RELEASED_CONFIG_KEYS": "pmnet.model.interchange",
-    "check_state_dict": "pmnet.model.interchange",
-    "config_from_interchange": "pmnet.model.interchange",
-    "config_to_interchange": "pmnet.model.interchange",
-    "forward_flops_breakdown": "pmnet.model.flops",
-    "forward_flops_per_byte": "pmnet.model.flops",
-    "initial_state": "pmnet.model.modeling",
-    "lm_loss": "pmnet.model.modeling",
-    "load_pretrained": "pmnet.model.interchange",
-    "read_checkpoint": "pmnet.model.interchange",
-    "read_config": "pmnet.model.interchange",
-    "read_weights": "pmnet.model.interchange",
-    "resolve_anchor_levels": "pmnet.model.modeling",
-    "save_pretrained": "pmnet.model.interchange",
+    "BOS_ID": "config",
+    "EOS_ID": "config",
+    "InterchangeError": "interchange",
+    "PAD_ID": "config",
+    "PMNetConfig": "config",
+    "PMNetForCausalLM": "modeling",
+    "PMNetModel": "modeling",
+    "PMNetState": "state",
+    "PRESETS": "config",
+    "RELEASED_CONFIG_KEYS": "interchange",
+    "check_state_dict": "interchange",
+    "config_from_interchange": "interchange",
+    "config_to_interchange": "interchange",
+    "forward_flops_breakdown": "flops",
+    "forward_flops_per_byte": "flops",
+    "initial_state": "modeling",
+    "lm_loss": "modeling",
+    "load_pretrained": "interchange",
+    "read_checkpoint": "interchange",
+    "read_config": "interchange",
+    "read_weights": "interchange",
+    "resolve_anchor_levels": "modeling",
+    "save_pretrained": "interchange",
 }
 
 __all__ = [
@@ -93,7 +93,14 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name in _SOURCE:
-        value = getattr(importlib.import_module(_SOURCE[name]), name)
+        # static imports (this package imports nothing by name it builds at run time)
+        import pmnet.model.config
+        import pmnet.model.flops
+        import pmnet.model.interchange
+        import pmnet.model.modeling
+        import pmnet.model.state  # noqa: F401
+
+        value = getattr(sys.modules[f"{__name__}.{_SOURCE[name]}"], name)
         globals()[name] = value  # later reads skip this function
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
