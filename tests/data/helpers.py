@@ -19,6 +19,15 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 TOOL = REPO / "tools" / "shard_dataset.py"
 
+
+def run_fresh_python(code: str, ok_marker: str, timeout: float = 300) -> None:
+    """Run ``code`` in a fresh interpreter (nothing imported yet) and require it to print ``ok_marker``."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert ok_marker in proc.stdout, proc.stdout[-2000:]
+
+
 FINEWEB_SCHEMA_FIELDS = [
     ("text", "string"),
     ("id", "string"),

@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.data.helpers import run_fresh_python
 
 # the modules the shard tool's run goes through (tools/shard_dataset.py -> data_pipeline.sharding)
 TORCH_FREE = [
@@ -30,10 +25,7 @@ def test_sharding_path_imports_without_torch() -> None:
         "    assert not loaded, f'importing {name} loaded {loaded}'\n"
         "print('TORCH_FREE_OK')\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert "TORCH_FREE_OK" in proc.stdout
+    run_fresh_python(code, "TORCH_FREE_OK")
 
 
 def test_model_and_data_share_the_byte_ids() -> None:
@@ -61,7 +53,4 @@ def test_preflight_imports_without_torch() -> None:
         "assert 'torch' in sys.modules and PMNetForCausalLM.__name__ == 'PMNetForCausalLM'\n"
         "print('PREFLIGHT_OK')\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert "PREFLIGHT_OK" in proc.stdout
+    run_fresh_python(code, "PREFLIGHT_OK")

@@ -8,15 +8,12 @@ the other exactly.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.data.helpers import REPO
+from tests.data.helpers import run_fresh_python
 from tests.data.loader_worker import read_run
 from tests.data.test_dataset import _fresh_copy, data_cfg, shard_one_doc_per_sample
 
@@ -39,10 +36,7 @@ def test_training_data_path_skips_streaming_zoos_and_streaming_still_works() -> 
         "except AttributeError:\n"
         "    print('CORE_OK')\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "CORE_OK" in proc.stdout
+    run_fresh_python(code, "CORE_OK")
 
 
 @pytest.mark.timeout(600)
