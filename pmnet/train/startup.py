@@ -16,8 +16,8 @@ class StartupClock:
 
     A restart of a long run pays all of it again, so the total (``perf/startup_s``) is split:
     ``mark(phase)`` closes a phase at the wall-clock time it is called. The first phase runs from
-    the process's creation (launcher hand-off, interpreter, imports, process group) to the first
-    mark.
+    the process's creation to the first mark: ``python -m pmnet.train`` marks ``launch`` (the
+    launcher's hand-off and the interpreter) right at its start.
     """
 
     def __init__(self) -> None:
