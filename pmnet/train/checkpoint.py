@@ -28,6 +28,7 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,25 +114,12 @@ def find_latest_valid(run_dir: str | Path, *, verify_hashes: bool = True) -> Pat
     and hashes, the others receive its answer (every rank calls it), so a large checkpoint is
     read once, not once per rank.
     """
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return _find_and_report(run_dir, verify_hashes)
-    box: list[Any] = [None]
-    if dist.get_rank() == 0:
-        try:
-            found = _find_and_report(run_dir, verify_hashes)
-            box[0] = ("ok", str(found) if found else None)
-        except Exception as err:  # every rank must learn of it, or the others wait forever
-            box[0] = ("error", f"{type(err).__name__}: {err}")
-    dist.broadcast_object_list(box, src=0)
-    kind, value = box[0]
-    if kind == "error":
-        raise CheckpointError(f"scanning {run_dir} for checkpoints failed on rank 0: {value}")
-    return Path(value) if value else None
+    return share_rank0_scan(lambda: scan_latest_valid(run_dir, verify_hashes=verify_hashes), run_dir)
 
 
-def _find_and_report(run_dir: str | Path, verify_hashes: bool) -> Path | None:
+def scan_latest_valid(run_dir: str | Path, *, verify_hashes: bool = True) -> Path | None:
+    """:func:`find_latest_valid`'s local part (no collective; safe in a thread): this process reads
+    and hashes, and logs the checkpoints passed over."""
     import logging
 
     skipped: list[CheckpointInfo] = []
@@ -140,6 +128,28 @@ def _find_and_report(run_dir: str | Path, verify_hashes: bool) -> Path | None:
     for info in skipped:
         log.warning(f"not resuming from {info.path}: {info.state}: {info.reason}")
     return found
+
+
+def share_rank0_scan(scan: Callable[[], Path | None], run_dir: str | Path) -> Path | None:
+    """:func:`find_latest_valid`'s collective part: ``scan()`` runs on rank 0 only (or in a single
+    process) and every rank returns its answer; an error there is raised on every rank. Call it
+    from the thread that issues the process's other collectives (their order must agree)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return scan()
+    box: list[Any] = [None]
+    if dist.get_rank() == 0:
+        try:
+            found = scan()
+            box[0] = ("ok", str(found) if found else None)
+        except Exception as err:  # every rank must learn of it, or the others wait forever
+            box[0] = ("error", f"{type(err).__name__}: {err}")
+    dist.broadcast_object_list(box, src=0)
+    kind, value = box[0]
+    if kind == "error":
+        raise CheckpointError(f"scanning {run_dir} for checkpoints failed on rank 0: {value}")
+    return Path(value) if value else None
 
 
 # ---------------------------------------------------------------- small pieces

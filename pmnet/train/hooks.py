@@ -21,12 +21,12 @@ from pmnet.train.loop import Hook, StepStats, Trainer
 from pmnet.train.metrics import (
     LOG,
     MetricsWriter,
-    StartupClock,
     compile_summary,
     format_duration,
     memory_scalars,
     progress_line,
 )
+from pmnet.train.startup import StartupClock
 
 __all__ = ["CheckpointHook", "EvalHook", "MetricsHook"]
 

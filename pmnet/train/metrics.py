@@ -9,7 +9,7 @@ Tags (x axis = optimizer step unless the tag ends in ``_vs_bytes``, whose x axis
   (only with a peak: given in config, or measured at start on GPU), ``perf/gpu_mem_gb`` and
   ``perf/gpu_mem_reserved_gb`` on GPU, ``perf/cpu_rss_gb`` on CPU
 * ``perf/startup_s`` (process start -> first step done) and ``perf/startup/<phase>_s`` (its
-  parts, :class:`StartupClock`), once per start
+  parts, ``pmnet.train.startup.StartupClock``), once per start
 * ``memory/level{k}/{routing_entropy,groups_used,phase_increment}`` (model diagnostics)
 * ``eval/loss``, ``eval/bpb``, ``eval/bpb_vs_bytes``
 """
@@ -26,11 +26,8 @@ from typing import Any
 
 import torch
 
-from pmnet.train.startup import StartupClock
-
 __all__ = [
     "MetricsWriter",
-    "StartupClock",
     "compile_summary",
     "measure_peak_tflops",
     "memory_scalars",

@@ -21,13 +21,14 @@ from data_pipeline.shm import clean_stale_shared_memory
 from pmnet.config import Config, ConfigError, save_config
 from pmnet.model import InterchangeError, check_state_dict, read_checkpoint
 from pmnet.model.config import WEIGHT_SHAPE_FIELDS
-from pmnet.train.checkpoint import find_latest_valid, load_checkpoint
+from pmnet.train.checkpoint import load_checkpoint, scan_latest_valid, share_rank0_scan
 from pmnet.train.distributed import DistEnv, barrier
 from pmnet.train.engine import build_engine, build_model, deepspeed_config
 from pmnet.train.hooks import CheckpointHook, EvalHook, MetricsHook
 from pmnet.train.loop import Hook, Trainer
-from pmnet.train.metrics import LOG, MetricsWriter, StartupClock, measure_peak_tflops, setup_logging
+from pmnet.train.metrics import LOG, MetricsWriter, measure_peak_tflops, setup_logging
 from pmnet.train.profiling import ProfilerHook
+from pmnet.train.startup import StartupClock
 
 __all__ = ["train", "run_dir_of", "seed_everything", "use_compile_cache"]
 
@@ -57,23 +58,30 @@ def train(cfg: Config, env: DistEnv, extra_hooks: Sequence[Hook] = (), clock: St
     if cfg.train.compile:
         use_compile_cache(cfg, run_dir)
     ds_config = deepspeed_config(cfg, env.world_size)
-    # The newest valid checkpoint is found (its files hashed: 1-2 s for the 119M) in a thread
-    # while the model and the engine are built; hashlib and file reads release the GIL.
+    # Rank 0 finds the newest valid checkpoint (its files hashed: 1-2 s for the 119M) in a thread
+    # while the model and the engine are built (hashlib and file reads release the GIL); the
+    # answer is shared with the other ranks from this thread, in the order of its other collectives.
     with ThreadPoolExecutor(1, thread_name_prefix="checkpoint-scan") as pool:
-        scan = pool.submit(_resumable, run_dir) if cfg.checkpoint.resume else None
+        scan = pool.submit(scan_latest_valid, run_dir) if cfg.checkpoint.resume and env.rank == 0 else None
+
+        def resumable() -> Path | None:  # collective: every rank calls it once, at the same point
+            if not cfg.checkpoint.resume:
+                return None
+            found = share_rank0_scan(scan.result if scan is not None else lambda: None, run_dir)
+            clock.mark("checkpoint scan")  # the wait for it, beyond what came before
+            return found
+
         model = build_model(cfg, ds_config)
         clock.mark("model")
-        if cfg.train.init_from:  # a resumable run directory wins over init_from
-            ckpt = scan.result() if scan is not None else None
-            clock.mark("checkpoint scan")
-            if ckpt is None:
-                load_init_weights(model, cfg)
-                clock.mark("model")
+        ckpt = resumable() if cfg.train.init_from else None  # a resumable run directory wins over init_from
+        if cfg.train.init_from and ckpt is None:
+            load_init_weights(model, cfg)
+            clock.mark("model")
         engine, optimizer = build_engine(cfg, model, env, ds_config)
         _clean_stale_shm(env)
         clock.mark("engine")
-        ckpt = scan.result() if scan is not None else None
-        clock.mark("checkpoint scan")  # the wait for it, beyond what the model and engine took
+        if not cfg.train.init_from:
+            ckpt = resumable()
     loader = _train_loader(cfg)
     writer = MetricsWriter(run_dir / "tb", enabled=env.is_main and cfg.logging.tensorboard)
     clock.mark("data")
@@ -131,10 +139,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def _resumable(run_dir: Path) -> Path | None:
-    return find_latest_valid(run_dir)
 
 
 def resume(trainer: Trainer, ckpt: Path) -> None:
