@@ -17,6 +17,18 @@ from tests.model.model_helpers import build, random_ids, three_level_cfg, tiny_c
 MODEL_DIR = Path(pm.__file__).parent
 
 
+def test_public_names_resolve_lazily_and_match_all() -> None:
+    """Every name of ``__all__`` has a home module in the lazy table and is that module's object."""
+    import importlib
+
+    assert sorted(pm.__all__) == sorted(pm._SOURCE)
+    for name in pm.__all__:
+        home = importlib.import_module(f"pmnet.model.{pm._SOURCE[name]}")
+        assert getattr(pm, name) is getattr(home, name), name
+    with pytest.raises(AttributeError):
+        pm.no_such_name  # noqa: B018
+
+
 def test_no_deepspeed_or_distributed_imports() -> None:
     # every import statement (AST, so docstrings that name them do not count) and any dynamic import
     offenders = []
